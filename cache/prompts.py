@@ -119,8 +119,8 @@ def load_prompts(
     else:
         items = [(line, "") for line in text.split("\n")]
 
-    prompts = _build(items, label=label, dataset=dataset if dataset is not None else path.stem,
-                     where=str(path))
+    name = dataset if dataset is not None else path.stem
+    prompts = _build(items, label=label, dataset=name, where=str(path))
     if not prompts:
         raise _error(path, "no prompts found (every entry is blank)")
     return prompts

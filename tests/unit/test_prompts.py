@@ -266,10 +266,10 @@ def test_bad_encoding_offset_counts_the_bom(tmp_path):
 
 
 def test_invalid_json_gives_line_and_column(tmp_path):
-    content = '[\n  "ok",\n  "missing quote\n]\n'
+    content = '[\n  "ok"\n  "missing comma before me"\n]\n'
     message = error_of(write(tmp_path, "bad.json", content))
     assert "invalid JSON" in message
-    assert "line 3" in message and "column 3" in message
+    assert "line 3, column 3" in message and "delimiter" in message
 
 
 def test_invalid_json_trailing_comma(tmp_path):
