@@ -1,0 +1,220 @@
+"""What the viewers show, computed without any UI library.
+
+The TUI and the web app both render these plain objects, so a view's data logic is written and
+tested once. Everything reads the study file only (no model), and the per-interaction calls
+(``feature_detail``, ``prompt_view``) touch only the rows they need, so they stay fast on studies
+with millions of tokens and 100k+ latents.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from explorer.results import CandidateResult, DormantResult, FMResult, GreedyResult, RESULT_TYPES
+from store import Study
+
+FEATURE_COLUMNS = (
+    "latent", "cosine", "attribution", "freq_harmful", "freq_harmless", "freq_diff", "max_active",
+    "minimal_sets", "fm_weight", "fm_interaction", "dormant",
+)
+
+
+@dataclass(frozen=True)
+class FeatureTable:
+    """One row per latent of a layer; columns are arrays of length d_sae (NaN where not analysed)."""
+
+    layer: int
+    columns: dict[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.columns["latent"])
+
+    def order(self, column: str, *, descending: bool = True, rows: np.ndarray | None = None) -> np.ndarray:
+        """Row indices sorted by a column (NaN last), optionally within a subset of rows."""
+        rows = np.arange(len(self)) if rows is None else rows
+        values = self.columns[column][rows].astype(np.float64)
+        key = np.where(np.isnan(values), np.inf, -values if descending else values)
+        return rows[np.argsort(key, kind="stable")]
+
+    def filter(self, query: str) -> np.ndarray:
+        """Rows matching a query: latent ids/prefixes, flags (dormant, minimal, fm) and
+        comparisons such as ``cosine>0.2`` or ``freq_diff>=0.1``, all of which must hold."""
+        mask = np.ones(len(self), bool)
+        for term in query.lower().split():
+            comparison = re.fullmatch(r"([a-z_]+)(>=|<=|>|<|=)(-?[\d.]+)", term)
+            if comparison and comparison[1] in self.columns:
+                values, op, bound = self.columns[comparison[1]].astype(np.float64), comparison[2], float(comparison[3])
+                with np.errstate(invalid="ignore"):
+                    mask &= {">": values > bound, "<": values < bound, ">=": values >= bound,
+                             "<=": values <= bound, "=": values == bound}[op]
+            elif term == "dormant":
+                mask &= self.columns["dormant"] > 0
+            elif term in ("minimal", "min"):
+                mask &= self.columns["minimal_sets"] > 0
+            elif term == "fm":
+                mask &= ~np.isnan(self.columns["fm_weight"])
+            elif term.isdigit():
+                mask &= np.char.startswith(self.columns["latent"].astype(str), term)
+            else:
+                mask &= False
+        return np.flatnonzero(mask)
+
+
+def feature_table(study: Study, layer: int, run: str = "default") -> FeatureTable:
+    codes = study.codes(layer)
+    d_sae = codes.d_sae
+    stats = codes.stats()
+    labels = list(stats.get("labels", []))
+
+    def per_label(name: str, label: str) -> np.ndarray:
+        if name in stats and label in labels:
+            return stats[name][labels.index(label)].astype(np.float32)
+        return np.full(d_sae, np.nan, np.float32)
+
+    nan = np.full(d_sae, np.nan, np.float32)
+    columns = {
+        "latent": np.arange(d_sae), "cosine": nan.copy(), "attribution": nan.copy(),
+        "freq_harmful": per_label("prompt_freq", "harmful"), "freq_harmless": per_label("prompt_freq", "harmless"),
+        "max_active": stats.get("max_active", nan).astype(np.float32),
+        "minimal_sets": np.zeros(d_sae, np.int32), "fm_weight": nan.copy(), "fm_interaction": nan.copy(),
+        "dormant": np.zeros(d_sae, np.int8),
+    }
+    columns["freq_diff"] = columns["freq_harmful"] - columns["freq_harmless"]
+    candidates = CandidateResult.load(study, run)
+    if candidates is not None and candidates.layer == layer:
+        columns["cosine"], columns["attribution"] = candidates.cosine, candidates.attribution
+    greedy = GreedyResult.load(study, run)
+    if greedy is not None and greedy.layer == layer:
+        np.add.at(columns["minimal_sets"], greedy.set_latents, 1)
+    fm = FMResult.load(study, run)
+    if fm is not None and fm.layer == layer:
+        columns["fm_weight"][fm.latents] = fm.w
+        columns["fm_interaction"][fm.latents] = fm.interaction_share
+    dormant = DormantResult.load(study, run)
+    if dormant is not None:
+        columns["dormant"][dormant.latent[dormant.layer == layer]] = 1
+    return FeatureTable(layer=layer, columns=columns)
+
+
+@dataclass(frozen=True)
+class ActivationExample:
+    """One prompt where a latent fires: its tokens and the latent's activation on each."""
+
+    prompt: int
+    label: str
+    tokens: list[str]
+    activations: np.ndarray  # float32 [n_tokens]
+    peak_position: int
+    peak_value: float
+
+
+@dataclass(frozen=True)
+class FeatureDetail:
+    layer: int
+    latent: int
+    stats: dict[str, float]
+    examples: list[ActivationExample]
+    histogram: tuple[np.ndarray, np.ndarray]  # (counts, bin edges) of its non-zero activations
+    logit_lens_top: list[str]
+    logit_lens_bottom: list[str]
+    fm_partners: list[tuple[int, float]]  # (latent, <v_i, v_j>), strongest first
+    minimal_sets: list[int]  # indices of the greedy sets containing it
+    dormant: dict[str, float] = field(default_factory=dict)
+
+
+def feature_detail(study: Study, layer: int, latent: int, run: str = "default", k: int = 10) -> FeatureDetail:
+    codes = study.codes(layer)
+    _, values = codes.latent_entries(latent)
+    stats = codes.stats()
+    labels = list(stats.get("labels", []))
+    summary = {"active_tokens": float(len(values)), "max_active": float(values.max()) if len(values) else 0.0}
+    for name in ("prompt_freq", "token_freq", "mean_active"):
+        for label in labels:
+            summary[f"{name}_{label}"] = float(stats[name][labels.index(label), latent])
+    if "decoder_norm" in stats:
+        summary["decoder_norm"] = float(stats["decoder_norm"][latent])
+    examples = []
+    for prompt, position, value in codes.top_activations(latent, k):
+        record_tokens = study.token_strings(study.token_ids(prompt))
+        activations = codes.prompt_dense(prompt, np.array([latent]))[:, 0]
+        examples.append(ActivationExample(prompt, str(study.labels[prompt]), record_tokens, activations, position, value))
+    histogram = np.histogram(values, bins=20) if len(values) else (np.zeros(0), np.zeros(0))
+
+    def lens(name: str) -> list[str]:
+        return study.token_strings(stats[name][latent]) if name in stats else []
+
+    partners: list[tuple[int, float]] = []
+    fm = FMResult.load(study, run)
+    if fm is not None and fm.layer == layer and latent in fm.latents:
+        row = fm.interaction()[int(np.flatnonzero(fm.latents == latent)[0])]
+        partners = [(int(fm.latents[j]), float(row[j])) for j in np.argsort(-np.abs(row))[:8] if row[j] != 0]
+    greedy = GreedyResult.load(study, run)
+    sets = [] if greedy is None or greedy.layer != layer else [
+        s for s in range(len(greedy.prompt)) if latent in greedy.latents_of(s)
+    ]
+    dormant: dict[str, float] = {}
+    table = DormantResult.load(study, run)
+    if table is not None:
+        hits = np.flatnonzero((table.latent == latent) & (table.layer == layer))
+        if len(hits):
+            i = hits[0]
+            dormant = {"baseline": float(table.baseline_activation[i]), "ablated": float(table.ablated_activation[i]),
+                       "refusal_effect": float(table.refusal_effect[i])}
+    return FeatureDetail(layer, latent, summary, examples, histogram, lens("logit_lens_top"), lens("logit_lens_bottom"),
+                         partners, sets, dormant)
+
+
+@dataclass(frozen=True)
+class PromptView:
+    index: int
+    text: str
+    label: str
+    tokens: list[str]
+    refusal_score: float
+    refused: int
+    generation: str
+    colour: np.ndarray | None  # float32 [n_tokens]: the chosen latent's activation per token
+    ablations: list[tuple[np.ndarray, str, float]]  # (minimal set, ablated generation, score) per greedy set
+
+
+def prompt_view(study: Study, index: int, layer: int | None = None, latent: int | None = None, run: str = "default") -> PromptView:
+    record = study.prompt(index)
+    colour = None
+    if layer is not None and latent is not None and study.has_codes(layer):
+        colour = study.codes(layer).prompt_dense(index, np.array([latent]))[:, 0]
+    ablations = []
+    greedy = GreedyResult.load(study, run)
+    if greedy is not None:
+        for s in np.flatnonzero(greedy.prompt == index):
+            ablations.append((greedy.latents_of(s), str(greedy.ablated_generation[s]), float(greedy.final_score[s])))
+    return PromptView(index, record.text, record.label, record.tokens, record.refusal_score, record.refused,
+                      record.generation, colour, ablations)
+
+
+def analyses_present(study: Study, run: str = "default") -> dict[str, str | None]:
+    """Stage name → None if present, else the command that produces it."""
+    present = set()
+    if run in study.analysis_runs():
+        present = {name for name in study.file[f"analysis/{run}"]}
+    return {t.STAGE: (None if t.STAGE in present else t.COMMAND) for t in RESULT_TYPES}
+
+
+def text_plot(xs: np.ndarray, ys: np.ndarray, *, width: int = 60, height: int = 12) -> str:
+    """A small scatter/line plot in text, for terminals: y against x with labelled axes."""
+    if len(xs) == 0:
+        return "(no data)"
+    x_low, x_high = float(np.min(xs)), float(np.max(xs))
+    y_low, y_high = float(np.min(ys)), float(np.max(ys))
+    grid = [[" "] * width for _ in range(height)]
+    for x, y in zip(xs, ys):
+        col = 0 if x_high == x_low else round((x - x_low) / (x_high - x_low) * (width - 1))
+        row = 0 if y_high == y_low else round((y_high - y) / (y_high - y_low) * (height - 1))
+        grid[row][col] = "●"
+    lines = [f"{y_high:8.2f} ┤" + "".join(grid[0])]
+    lines += ["         │" + "".join(row) for row in grid[1:-1]]
+    lines += [f"{y_low:8.2f} ┤" + "".join(grid[-1]), "         └" + "─" * width,
+              f"          {x_low:<10g}{'':>{max(0, width - 20)}}{x_high:>10g}"]
+    return "\n".join(lines)

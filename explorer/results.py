@@ -1,0 +1,186 @@
+"""Typed results of the explorer stages, as stored under /analysis/<run>/<stage>.
+
+Each result is a frozen dataclass: array fields become datasets, scalar fields JSON attributes.
+The analysis stages write them; the TUI and web app read them. ``load(study, run)`` returns None
+when a stage has not been run, so a viewer can say which command produces it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+
+from store import Study, read_stage, write_stage
+
+T = TypeVar("T", bound="StageResult")
+
+
+@dataclass(frozen=True, kw_only=True)
+class StageResult:
+    STAGE: ClassVar[str] = ""
+    COMMAND: ClassVar[str] = ""  # the CLI command that produces it, for "not run yet" messages
+
+    def save(self, path: Path, run: str, *, config: dict[str, Any]) -> None:
+        arrays, attrs = {}, {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            (arrays if isinstance(value, np.ndarray) else attrs)[field.name] = value
+        write_stage(path, run, self.STAGE, arrays=arrays, attrs=attrs, config=config)
+
+    @classmethod
+    def load(cls: type[T], study: Study, run: str) -> T | None:
+        stage = read_stage(study.file, run, cls.STAGE)
+        if stage is None:
+            return None
+        names = {field.name for field in dataclasses.fields(cls)}
+        values = {name: value for name, value in {**stage.attrs, **stage.arrays}.items() if name in names}
+        return cls(**values)
+
+    @classmethod
+    def config_of(cls, study: Study, run: str) -> dict[str, Any]:
+        stage = read_stage(study.file, run, cls.STAGE)
+        return {} if stage is None else stage.config
+
+
+@dataclass(frozen=True, kw_only=True)
+class DirectionResult(StageResult):
+    """Difference-in-means refusal directions and the chosen one (Arditi et al.)."""
+
+    STAGE: ClassVar[str] = "direction"
+    COMMAND: ClassVar[str] = "refusal-explorer analyze direction"
+    layer: int  # chosen layer
+    position: int  # chosen post-instruction position, negative from the end (-1 = last token)
+    direction: np.ndarray  # float32 [d_model], unit norm
+    candidate_layer: np.ndarray  # int [n_candidates]: every (layer, position) scored
+    candidate_position: np.ndarray  # int [n_candidates]
+    refusal_drop: np.ndarray  # float32 [n_candidates]: mean fall of the refusal score when ablated
+    kl: np.ndarray  # float32 [n_candidates]: KL on harmless prompts when ablated
+    induce: np.ndarray  # float32 [n_candidates]: mean rise of the score on harmless when added
+    baseline_score: float  # mean refusal score of the held-out harmful prompts
+    ablated_score: float  # the same with the chosen direction ablated
+
+
+@dataclass(frozen=True, kw_only=True)
+class CandidateResult(StageResult):
+    """Every latent of one layer scored against the direction."""
+
+    STAGE: ClassVar[str] = "candidates"
+    COMMAND: ClassVar[str] = "refusal-explorer analyze candidates"
+    layer: int
+    cosine: np.ndarray  # float32 [d_sae]: cosine of decoder row with the direction
+    attribution: np.ndarray  # float32 [d_sae]: gradient × activation on the refusal score
+    integrated_gradients: np.ndarray  # float32 [d_sae]: IG from clean to direction-ablated codes
+    top_cosine: np.ndarray  # int [k]: latents by descending cosine
+    top_attribution: np.ndarray  # int [k]: latents by descending attribution
+    overlap: float  # |top_cosine ∩ top_attribution| / k
+
+
+@dataclass(frozen=True, kw_only=True)
+class GreedyResult(StageResult):
+    """Minimal latent sets whose ablation flips refusal, one per searched prompt (or prompt set).
+
+    Sets and trajectories are stored as CSR: set s has latents
+    ``set_latents[set_offsets[s]:set_offsets[s+1]]`` and trajectory steps
+    ``trajectory_*[trajectory_offsets[s]:trajectory_offsets[s+1]]``.
+    """
+
+    STAGE: ClassVar[str] = "greedy"
+    COMMAND: ClassVar[str] = "refusal-explorer analyze greedy"
+    layer: int
+    k: int  # candidates the search started from
+    threshold: float  # refusal score below which a prompt counts as flipped
+    order: str  # "ascending" or "thresholded"
+    prompt: np.ndarray  # int [n_sets]: the prompt each set was searched on
+    set_offsets: np.ndarray  # int64 [n_sets+1]
+    set_latents: np.ndarray  # int [total]
+    baseline_score: np.ndarray  # float32 [n_sets]: nothing ablated
+    start_score: np.ndarray  # float32 [n_sets]: all k candidates ablated
+    final_score: np.ndarray  # float32 [n_sets]: the minimal set ablated
+    flipped: np.ndarray  # int8 [n_sets]: generation with the set ablated complies (1), refuses (0), -1 not checked
+    baseline_generation: np.ndarray  # str [n_sets]
+    ablated_generation: np.ndarray  # str [n_sets]
+    trajectory_offsets: np.ndarray  # int64 [n_sets+1]
+    trajectory_size: np.ndarray  # int [steps]: set size after the step
+    trajectory_score: np.ndarray  # float32 [steps]: refusal score with that set ablated
+    trajectory_removed: np.ndarray  # int [steps]: latent removed at the step (-1: the start)
+
+    def latents_of(self, index: int) -> np.ndarray:
+        return self.set_latents[self.set_offsets[index] : self.set_offsets[index + 1]]
+
+    def trajectory_of(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        s = slice(self.trajectory_offsets[index], self.trajectory_offsets[index + 1])
+        return self.trajectory_size[s], self.trajectory_score[s], self.trajectory_removed[s]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExperimentResult(StageResult):
+    """Random ablation experiments: which latents were ablated, and the refusal score."""
+
+    STAGE: ClassVar[str] = "experiments"
+    COMMAND: ClassVar[str] = "refusal-explorer analyze experiments"
+    layer: int
+    scheme: str  # how subsets were sampled, e.g. "bernoulli(p=0.5)+all-on+all-off"
+    latents: np.ndarray  # int [n_latents]: the design matrix's columns
+    in_minimal_set: np.ndarray  # bool [n_latents]
+    design: np.ndarray  # int8 [n_experiments, n_latents]: 1 = ablated
+    response: np.ndarray  # float32 [n_experiments]: mean refusal score over the prompts
+    prompts: np.ndarray  # int [n_prompts]: the prompts the scores average over
+
+
+@dataclass(frozen=True, kw_only=True)
+class FMResult(StageResult):
+    """Second-order factorization machine fitted to the experiments."""
+
+    STAGE: ClassVar[str] = "fm"
+    COMMAND: ClassVar[str] = "refusal-explorer analyze fm"
+    layer: int
+    latents: np.ndarray  # int [n]
+    w0: float
+    w: np.ndarray  # float32 [n]
+    V: np.ndarray  # float32 [n, k]
+    interaction_share: np.ndarray  # float32 [n]: part of each latent's effect due to interactions
+    r2_train: float
+    r2_holdout: float
+    r2_linear_holdout: float  # linear model on the same split, for comparison
+
+    def interaction(self) -> np.ndarray:
+        """<v_i, v_j> for every pair [n, n], zero diagonal."""
+        matrix = self.V @ self.V.T
+        np.fill_diagonal(matrix, 0.0)
+        return matrix
+
+    def top_pairs(self, n: int = 10, sign: str = "abs") -> list[tuple[int, int, float]]:
+        """Strongest interactions as (latent, latent, value); sign: positive, negative or abs."""
+        matrix = self.interaction()
+        i, j = np.triu_indices(len(self.latents), k=1)
+        values = matrix[i, j]
+        key = {"positive": -values, "negative": values, "abs": -np.abs(values)}[sign]
+        order = np.argsort(key, kind="stable")[:n]
+        return [(int(self.latents[i[o]]), int(self.latents[j[o]]), float(values[o])) for o in order]
+
+
+@dataclass(frozen=True, kw_only=True)
+class DormantResult(StageResult):
+    """Latents silent at baseline that wake up when the minimal set is ablated (hydra effect)."""
+
+    STAGE: ClassVar[str] = "dormant"
+    COMMAND: ClassVar[str] = "refusal-explorer analyze dormant"
+    source_layer: int  # where the minimal set was ablated
+    latent: np.ndarray  # int [m]
+    layer: np.ndarray  # int [m]: layer of the latent (source or later)
+    baseline_activation: np.ndarray  # float32 [m]: max over the prompts' tokens, nothing ablated
+    ablated_activation: np.ndarray  # float32 [m]: the same with the minimal set ablated
+    refusal_effect: np.ndarray  # float32 [m]: score change when it is ablated as well (negative = it restores refusal)
+    restores_refusal: np.ndarray  # bool [m]
+    position_offsets: np.ndarray  # int64 [m+1]: CSR into position/position_token
+    position: np.ndarray  # int [total]: token positions where it fires when awake
+    position_token: np.ndarray  # str [total]: those tokens (e.g. BOS, template tokens)
+
+
+RESULT_TYPES: tuple[type[StageResult], ...] = (
+    DirectionResult, CandidateResult, GreedyResult, ExperimentResult, FMResult, DormantResult,
+)
