@@ -1,0 +1,72 @@
+"""The command line: summaries, and one-line errors with exit status 2 for bad input."""
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from explorer.cli import cli
+from explorer.synthetic import make_synthetic_study
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_synthetic_study(tmp_path_factory.mktemp("cli") / "study.h5")
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def test_info_json_has_the_contract_keys(study: Path) -> None:
+    result = invoke("info", str(study), "--json")
+    assert result.exit_code == 0
+    summary = json.loads(result.output)
+    assert summary["schema_version"] == 1 and summary["model"] == "synthetic/tiny-chat"
+    assert summary["layers"] == [6, 8]
+    assert summary["prompts"] == {"harmful": 24, "harmless": 24}
+    assert 0.9 < summary["refusal_rate"]["harmful"] <= 1.0 and summary["refusal_rate"]["harmless"] == 0.0
+
+
+def test_info_text(study: Path) -> None:
+    result = invoke("info", str(study))
+    assert result.exit_code == 0
+    assert "24 harmful, 24 harmless" in result.output and "layers     6, 8" in result.output
+    assert "analyses   default" in result.output
+
+
+def one_line_error(result, pattern: str) -> None:
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert pattern in lines[0], lines[0]
+
+
+def test_info_errors(tmp_path: Path) -> None:
+    one_line_error(invoke("info", str(tmp_path / "missing.h5")), "no such file")
+    junk = tmp_path / "junk.h5"
+    junk.write_text("not hdf5")
+    one_line_error(invoke("info", str(junk)), "not a readable HDF5 file")
+
+
+def test_cache_errors_before_loading_any_model(tmp_path: Path) -> None:
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("one\ntwo\n")
+    base = ["cache", "--harmful", str(prompts), "--harmless", str(prompts), "--out", str(tmp_path / "s.h5")]
+    one_line_error(invoke(*base, "--layers", "6,x"), "--layers expects comma-separated integers")
+    one_line_error(invoke("cache", "--harmful", str(tmp_path / "nope.json"), "--harmless", str(prompts), "--layers", "1", "--out", str(tmp_path / "s.h5")), "nope.json")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    one_line_error(invoke("cache", "--harmful", str(empty), "--harmless", str(prompts), "--layers", "1", "--out", str(tmp_path / "s.h5")), "empty.txt")
+    one_line_error(invoke(*base, "--layers", "1", "--model", "no-such-model"), "unknown model 'no-such-model'")
+    one_line_error(invoke(*base, "--layers", "1", "--resume", "--overwrite"), "exclude each other")
+    (tmp_path / "s.h5").write_bytes(b"precious")
+    one_line_error(invoke(*base, "--layers", "1"), "already exists")
+    assert (tmp_path / "s.h5").read_bytes() == b"precious"
+
+
+def test_every_command_has_help() -> None:
+    for command in ("cache", "info", "demo", "setup-model", "tui", "web"):
+        result = invoke(command, "--help")
+        assert result.exit_code == 0 and "Usage:" in result.output
