@@ -27,6 +27,8 @@ Rows are expected to be canonical CSR (no repeated id in a row). A repeated id, 
 ids mapped to the same column, counts as two features that share parameters.
 Parameters are used as float32 (``w``, ``V``) and every sum is accumulated in float64; the
 scores are float64. An empty row, or one whose entries are all ignored, scores ``w0``.
+The kernels run in parallel over blocks of rows (numba's threading layer; with the
+``workqueue`` layer, do not call them from several Python threads at once).
 """
 
 from __future__ import annotations
@@ -141,19 +143,23 @@ def _fm_score_csr_kernel(indptr, indices, values, index_map, w0, w, half_nrm, V,
         s = np.empty(k, dtype=np.float64)
         r_end = min((task + 1) * _ROWS_PER_TASK, n_rows)
         for r in range(task * _ROWS_PER_TASK, r_end):
-            s[:] = 0.0
+            for f in range(k):
+                s[f] = 0.0
             acc = 0.0
-            for p in range(indptr[r], indptr[r + 1]):
+            # Unsigned positions and columns spare numba's negative-index wraparound code.
+            for p in range(np.uint64(indptr[r]), np.uint64(indptr[r + 1])):
                 g = indices[p]
                 if g < 0 or g >= n_map:
                     continue
                 col = index_map[g]
                 if col < 0:
                     continue
+                c = np.uint64(col)
                 x = np.float64(values[p])
-                acc += x * (w[col] - x * half_nrm[col])
+                acc += x * (w[c] - x * half_nrm[c])
+                v = V[c]
                 for f in range(k):
-                    s[f] += V[col, f] * x
+                    s[f] += v[f] * x
             sq = 0.0
             for f in range(k):
                 sq += s[f] * s[f]
@@ -223,18 +229,21 @@ def _fm_score_binary_csr_kernel(indptr, indices, index_map, w0, lin, V, out):
         s = np.empty(k, dtype=np.float64)
         r_end = min((task + 1) * _ROWS_PER_TASK, n_rows)
         for r in range(task * _ROWS_PER_TASK, r_end):
-            s[:] = 0.0
+            for f in range(k):
+                s[f] = 0.0
             acc = 0.0
-            for p in range(indptr[r], indptr[r + 1]):
+            for p in range(np.uint64(indptr[r]), np.uint64(indptr[r + 1])):
                 g = indices[p]
                 if g < 0 or g >= n_map:
                     continue
                 col = index_map[g]
                 if col < 0:
                     continue
-                acc += lin[col]
+                c = np.uint64(col)
+                acc += lin[c]
+                v = V[c]
                 for f in range(k):
-                    s[f] += V[col, f]
+                    s[f] += v[f]
             sq = 0.0
             for f in range(k):
                 sq += s[f] * s[f]

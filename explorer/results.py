@@ -14,6 +14,7 @@ from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
+from explorer.fm import interaction_matrix, top_pairs
 from store import Study, read_stage, write_stage
 
 T = TypeVar("T", bound="StageResult")
@@ -62,6 +63,8 @@ class DirectionResult(StageResult):
     induce: np.ndarray  # float32 [n_candidates]: mean rise of the score on harmless when added
     baseline_score: float  # mean refusal score of the held-out harmful prompts
     ablated_score: float  # the same with the chosen direction ablated
+    flip_rate: float = float("nan")  # held-out harmful prompts refused by generation that comply when ablated (nan: not checked)
+    argmax_change_rate: float = float("nan")  # held-out harmless prompts whose first-token argmax changes when ablated
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -107,6 +110,8 @@ class GreedyResult(StageResult):
     trajectory_size: np.ndarray  # int [steps]: set size after the step
     trajectory_score: np.ndarray  # float32 [steps]: refusal score with that set ablated
     trajectory_removed: np.ndarray  # int [steps]: latent removed at the step (-1: the start)
+    joint_prompts: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
+    # int [m]: when non-empty, the last set was searched jointly on these prompts (its prompt is the first)
 
     def latents_of(self, index: int) -> np.ndarray:
         return self.set_latents[self.set_offsets[index] : self.set_offsets[index + 1]]
@@ -149,18 +154,11 @@ class FMResult(StageResult):
 
     def interaction(self) -> np.ndarray:
         """<v_i, v_j> for every pair [n, n], zero diagonal."""
-        matrix = self.V @ self.V.T
-        np.fill_diagonal(matrix, 0.0)
-        return matrix
+        return interaction_matrix(self.V)
 
     def top_pairs(self, n: int = 10, sign: str = "abs") -> list[tuple[int, int, float]]:
         """Strongest interactions as (latent, latent, value); sign: positive, negative or abs."""
-        matrix = self.interaction()
-        i, j = np.triu_indices(len(self.latents), k=1)
-        values = matrix[i, j]
-        key = {"positive": -values, "negative": values, "abs": -np.abs(values)}[sign]
-        order = np.argsort(key, kind="stable")[:n]
-        return [(int(self.latents[i[o]]), int(self.latents[j[o]]), float(values[o])) for o in order]
+        return [(int(self.latents[i]), int(self.latents[j]), value) for i, j, value in top_pairs(self.V, n, sign)]
 
 
 @dataclass(frozen=True, kw_only=True)
