@@ -1,0 +1,292 @@
+"""Refusal Explorer's web demo (Gradio): the study's views with plots, plus a live panel.
+
+    python app_web.py STUDY.h5 [--live] [--host 127.0.0.1] [--port 7860] [--share]
+
+``build_app`` wires the callbacks of ``refusal_web`` (plain functions, tested without a server)
+to widgets; ``serve`` opens the study and serves it on loopback unless told otherwise. A public
+share link is made only with ``--share``. Nothing is opened or computed at import time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from explorer.browse import FEATURE_COLUMNS
+from refusal_web import analyses, plots, prompts, views
+from refusal_web.context import WebContext, make_context
+from refusal_web.live import MODES, LiveLimits, LiveModel, live_generate, open_live_model
+from refusal_web.render import CSS
+from store import InputError, Study
+
+__all__ = ["LiveModel", "build_app", "launch_options", "main", "serve"]
+
+BROWSE_CONCURRENCY = 4
+"""Browsing callbacks served at once; live generation runs one request at a time."""
+
+
+def _first_cell(event: gr.SelectData) -> Any:
+    """The first column of the clicked row: the id the table lists (latent, prompt, set)."""
+    return event.row_value[0] if event.row_value else gr.skip()
+
+
+def _colour_by_clicked_latent(event: gr.SelectData) -> tuple[Any, str]:
+    """A click in the prompt's latent table: colour the tokens by that latent."""
+    return (event.row_value[0], "latent") if event.row_value else (gr.skip(), gr.skip())
+
+
+def _features_tab(ctx: WebContext) -> None:
+    layer = ctx.layer
+    sort = "cosine" if ctx.candidates is not None else "freq_diff"
+    page, status, _ = views.feature_page(ctx, layer, "", sort, True, 1)
+    first = int(page["latent"].iloc[0]) if len(page) else 0
+    detail = views.feature_view(ctx, layer, first)
+    with gr.Row():
+        layers = gr.Dropdown(list(ctx.layers), value=layer, label="Layer", visible=len(ctx.layers) > 1, scale=1)
+        query = gr.Textbox(label="Filter", placeholder="e.g. 101   cosine>0.2   dormant   minimal   fm", scale=4,
+                           elem_id="feature-query")
+        sort_by = gr.Dropdown(list(FEATURE_COLUMNS), value=sort, label="Sort by", scale=2)
+        descending = gr.Checkbox(value=True, label="Descending", scale=1)
+        page_no = gr.Number(value=1, label="Page", precision=0, minimum=1, scale=1)
+    status_md = gr.Markdown(status, elem_id="feature-status")
+    table = gr.Dataframe(page, interactive=False, max_height=420, elem_id="feature-table", label="Latents (click a row)")
+    with gr.Row():
+        latent = gr.Number(value=first, label="Latent", precision=0, minimum=0, elem_id="feature-latent")
+        show = gr.Button("Show latent", elem_id="feature-show")
+        export = gr.Button("Export matching rows (CSV)")
+        export_file = gr.File(label="CSV", interactive=False, height=90, elem_id="feature-csv")
+    head = gr.Markdown(detail[0], elem_id="feature-head")
+    with gr.Row():
+        with gr.Column(scale=3):
+            examples = gr.HTML(detail[1], elem_id="feature-examples", label="Top-activating prompts")
+        with gr.Column(scale=2):
+            histogram = gr.Plot(detail[2], label="Activation histogram (camera icon: PNG)", elem_id="feature-histogram")
+            lens = gr.Markdown(detail[3], elem_id="feature-lens")
+            partners = gr.Dataframe(detail[4], interactive=False, label="FM partners", max_height=260)
+    search_inputs, page_outputs = [layers, query, sort_by, descending], [table, status_md, page_no]
+    query.submit(partial(views.feature_search, ctx), search_inputs, page_outputs, api_name="feature_search")
+    for trigger in (sort_by.change, descending.change, layers.change):
+        trigger(partial(views.feature_search, ctx), search_inputs, page_outputs)
+    page_no.submit(partial(views.feature_page, ctx), [*search_inputs, page_no], page_outputs, api_name="feature_page")
+    detail_outputs = [head, examples, histogram, lens, partners]
+    show.click(partial(views.feature_view, ctx), [layers, latent], detail_outputs, api_name="feature_detail")
+    latent.submit(partial(views.feature_view, ctx), [layers, latent], detail_outputs)
+    table.select(_first_cell, None, latent).then(partial(views.feature_view, ctx), [layers, latent], detail_outputs)
+    partners.select(_first_cell, None, latent).then(partial(views.feature_view, ctx), [layers, latent], detail_outputs)
+    export.click(partial(views.feature_csv, ctx), search_inputs, export_file)
+
+
+def _prompts_tab(ctx: WebContext) -> None:
+    page, status, _ = prompts.prompt_page(ctx, "", "all", 1)
+    labels = ["all", *sorted(set(ctx.study.labels.tolist()))]
+    colour_modes = list(prompts.COLOUR_MODES) if ctx.candidates is not None else ["latent"]
+    start_latent = int(ctx.greedy.latents_of(0)[0]) if ctx.greedy is not None and len(ctx.greedy.prompt) else 0
+    start_prompt = int(ctx.greedy.prompt[0]) if ctx.greedy is not None and len(ctx.greedy.prompt) else 0
+    shown = prompts.prompt_explore(ctx, start_prompt, ctx.layer, "latent", start_latent)
+    with gr.Row():
+        query = gr.Textbox(label="Find prompts containing", scale=4, elem_id="prompt-query")
+        label = gr.Dropdown(labels, value="all", label="Label", scale=1)
+        page_no = gr.Number(value=1, label="Page", precision=0, minimum=1, scale=1)
+    status_md = gr.Markdown(status, elem_id="prompt-status")
+    table = gr.Dataframe(page, interactive=False, max_height=300, elem_id="prompt-table", label="Prompts (click a row)")
+    with gr.Row():
+        index = gr.Number(value=start_prompt, label="Prompt", precision=0, minimum=0, elem_id="prompt-index")
+        layers = gr.Dropdown(list(ctx.layers), value=ctx.layer, label="Layer", visible=len(ctx.layers) > 1)
+        colour = gr.Radio(colour_modes, value="latent", label="Colour tokens by")
+        latent = gr.Number(value=start_latent, label="Latent", precision=0, minimum=0, elem_id="prompt-latent")
+        show = gr.Button("Show prompt", elem_id="prompt-show")
+    tokens = gr.HighlightedText(shown[0], label="Tokens", show_legend=False, elem_id="prompt-tokens")
+    with gr.Row():
+        with gr.Column(scale=3):
+            facts = gr.Markdown(shown[1], elem_id="prompt-facts")
+            generations = gr.Markdown(shown[2], elem_id="prompt-generations")
+        with gr.Column(scale=2):
+            top = gr.Dataframe(shown[3], interactive=False, label="Strongest latents on this prompt (click to colour)",
+                               max_height=380, elem_id="prompt-top-latents")
+    page_outputs = [table, status_md, page_no]
+    query.submit(partial(prompts.prompt_search, ctx), [query, label], page_outputs, api_name="prompt_search")
+    label.change(partial(prompts.prompt_search, ctx), [query, label], page_outputs)
+    page_no.submit(partial(prompts.prompt_page, ctx), [query, label, page_no], page_outputs, api_name="prompt_page")
+    view_inputs, view_outputs = [index, layers, colour, latent], [tokens, facts, generations, top]
+    explore = partial(prompts.prompt_explore, ctx)
+    show.click(explore, view_inputs, view_outputs, api_name="prompt")
+    for trigger in (index.submit, latent.submit, colour.input):
+        trigger(explore, view_inputs, view_outputs)
+    table.select(_first_cell, None, index).then(explore, view_inputs, view_outputs)
+    top.select(_colour_by_clicked_latent, None, [latent, colour]).then(explore, view_inputs, view_outputs)
+
+
+def _sets_tab(ctx: WebContext) -> None:
+    text, frame = analyses.minimal_sets(ctx)
+    figure, steps, about = analyses.trajectory(ctx, 0) if ctx.greedy is not None else (None, None, "")
+    gr.Markdown(text, elem_id="sets-summary")
+    if ctx.greedy is None:
+        return
+    sets = gr.Dataframe(frame, interactive=False, label="Minimal sets (click a row)", max_height=300)
+    with gr.Row():
+        chosen = gr.Number(value=0, label="Set", precision=0, minimum=0)
+        export = gr.Button("Export sets (CSV)")
+        export_steps = gr.Button("Export trajectory (CSV)")
+        export_file = gr.File(label="CSV", interactive=False, height=90)
+    plot = gr.Plot(figure, label="Refusal score vs number of ablated latents (camera icon: PNG)")
+    about_md = gr.Markdown(about)
+    steps_table = gr.Dataframe(steps, interactive=False, label="Greedy steps", max_height=300)
+    outputs = [plot, steps_table, about_md]
+    chosen.submit(partial(analyses.trajectory, ctx), chosen, outputs, api_name="trajectory")
+    sets.select(_first_cell, None, chosen).then(partial(analyses.trajectory, ctx), chosen, outputs)
+    export.click(partial(views.write_csv, ctx, "minimal-sets"), sets, export_file)
+    export_steps.click(partial(views.write_csv, ctx, "trajectory"), steps_table, export_file)
+
+
+def _fm_tab(ctx: WebContext) -> None:
+    text, figure, pairs, weights = analyses.fm_interactions(ctx)
+    gr.Markdown(text, elem_id="fm-summary")
+    if ctx.fm is None:
+        return
+    gr.Plot(figure, label="Interaction heatmap (camera icon: PNG)")
+    with gr.Row():
+        pair_table = gr.Dataframe(pairs, interactive=False, label="Strongest pairs", max_height=400)
+        weight_table = gr.Dataframe(weights, interactive=False, label="Per-latent weights", max_height=400)
+    with gr.Row():
+        export_pairs = gr.Button("Export pairs (CSV)")
+        export_weights = gr.Button("Export weights (CSV)")
+        export_file = gr.File(label="CSV", interactive=False, height=90)
+    export_pairs.click(partial(views.write_csv, ctx, "fm-pairs"), pair_table, export_file)
+    export_weights.click(partial(views.write_csv, ctx, "fm-weights"), weight_table, export_file)
+
+
+def _dormant_tab(ctx: WebContext) -> None:
+    text, frame = analyses.dormant_latents(ctx)
+    gr.Markdown(text, elem_id="dormant-summary")
+    if ctx.dormant is None:
+        return
+    table = gr.Dataframe(frame, interactive=False, label="Dormant latents", max_height=400)
+    with gr.Row():
+        export = gr.Button("Export (CSV)")
+        export_file = gr.File(label="CSV", interactive=False, height=90)
+    export.click(partial(views.write_csv, ctx, "dormant"), table, export_file)
+
+
+def _live_tab(ctx: WebContext, model: LiveModel, limits: LiveLimits) -> None:
+    gr.Markdown(f"Type a prompt, choose latents to edit (or project out the refusal direction), and compare "
+                f"the baseline with the edited model. Prompts up to {limits.max_prompt_chars} characters; "
+                f"requests are queued and served one at a time.")
+    prompt = gr.Textbox(label="Prompt", lines=3, max_length=limits.max_prompt_chars, elem_id="live-prompt")
+    with gr.Row():
+        layer = gr.Dropdown(list(ctx.layers), value=ctx.layer, label="Layer")
+        latents = gr.Textbox(label="Latent ids", placeholder="e.g. 3, 17, 42", elem_id="live-latents")
+        mode = gr.Radio(list(MODES), value="ablate", label="Edit")
+        value = gr.Number(value=0.0, label="Value (scale factor / clamp level)")
+    with gr.Row():
+        direction = gr.Checkbox(value=False, label="Also project out the refusal direction",
+                                interactive=ctx.direction is not None)
+        tokens = gr.Slider(1, limits.max_new_tokens, value=min(32, limits.max_new_tokens), step=1, label="New tokens")
+        generate = gr.Button("Generate", variant="primary", elem_id="live-go")
+    status = gr.Markdown(elem_id="live-status")
+    with gr.Row():
+        baseline = gr.Textbox(label="Baseline", lines=8, interactive=False, elem_id="live-baseline")
+        edited = gr.Textbox(label="Edited", lines=8, interactive=False, elem_id="live-edited")
+    generate.click(partial(live_generate, model, ctx.study, limits, ctx.run),
+             [prompt, layer, latents, mode, value, direction, tokens], [baseline, edited, status],
+             concurrency_limit=1, concurrency_id="live-model", api_name="generate")
+
+
+def build_app(study: Study, live_model: LiveModel | None = None, *, run: str = "default",
+              limits: LiveLimits | None = None) -> gr.Blocks:
+    """The web app for an open study (queued; launch it with ``launch_options``)."""
+    ctx = make_context(study, run)
+    plots.warm_up()
+    overview_text, direction_plot = views.overview(ctx)
+    with gr.Blocks(title=f"Refusal Explorer · {study.path.name}", analytics_enabled=False) as demo:
+        gr.Markdown(f"# Refusal Explorer · {study.meta.model_id} · `{study.path.name}`")
+        with gr.Tabs():
+            with gr.Tab("Overview", id="overview"):
+                gr.Markdown(overview_text + ("" if live_model else "\n\n*Live panel off: serve with `--live`.*"),
+                            elem_id="overview-text")
+                if direction_plot is not None:
+                    gr.Plot(direction_plot, label="Direction candidates (camera icon: PNG)")
+            with gr.Tab("Features", id="features"):
+                if ctx.layers:
+                    _features_tab(ctx)
+                else:
+                    gr.Markdown("*This study has no SAE codes: cache them with `refusal-explorer cache --sae LAYER=…`.*")
+            with gr.Tab("Prompts", id="prompts"):
+                if ctx.layers:
+                    _prompts_tab(ctx)
+                else:
+                    gr.Markdown("*This study has no SAE codes: cache them with `refusal-explorer cache --sae LAYER=…`.*")
+            with gr.Tab("Minimal sets", id="sets"):
+                _sets_tab(ctx)
+            with gr.Tab("Interactions", id="fm"):
+                _fm_tab(ctx)
+            with gr.Tab("Dormant latents", id="dormant"):
+                _dormant_tab(ctx)
+            if live_model is not None:
+                with gr.Tab("Live", id="live"):
+                    _live_tab(ctx, live_model, limits or LiveLimits())
+    demo.queue(default_concurrency_limit=BROWSE_CONCURRENCY, max_size=64)
+    return demo
+
+
+def launch_options(*, host: str = "127.0.0.1", port: int = 7860, share: bool = False) -> dict[str, Any]:
+    """Keyword arguments for ``Blocks.launch``: loopback, no share link, no SSR, system fonts."""
+    theme = gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
+    return {"server_name": host, "server_port": port, "share": share, "ssr_mode": False, "inbrowser": False,
+            "show_error": True, "theme": theme, "css": CSS, "footer_links": []}
+
+
+def serve(path: Path, *, host: str = "127.0.0.1", port: int = 7860, share: bool = False, live: bool = False,
+          run: str = "default", max_prompt_chars: int = 2000, max_new_tokens: int = 64) -> None:
+    """Open the study and serve the app until interrupted. Bad input raises ``InputError``."""
+    if not 0 <= port <= 65535:
+        raise InputError(f"port {port} is not a valid TCP port (0–65535)")
+    limits = LiveLimits(max_prompt_chars=max_prompt_chars, max_new_tokens=max_new_tokens)
+    study = Study(path)
+    try:
+        runs = study.analysis_runs()
+        if runs and run not in runs:
+            raise InputError(f"{path}: no analysis run {run!r} (runs: {', '.join(runs)}); pick one with --run")
+        model = open_live_model(study, run) if live else None
+        demo = build_app(study, model, run=run, limits=limits)
+        try:
+            _, local_url, share_url = demo.launch(prevent_thread_lock=True, quiet=True,
+                                                  **launch_options(host=host, port=port, share=share))
+        except OSError as error:
+            raise InputError(f"cannot serve on {host}:{port}: the port is in use or the address is not available; "
+                             "choose another --port or --host") from error
+        print(f"Refusal Explorer: serving {path} at {local_url}" + (f" and {share_url}" if share_url else ""), flush=True)
+        print("Press Ctrl+C to stop.", flush=True)
+        demo.block_thread()  # returns on Ctrl+C, after closing the server
+    finally:
+        study.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="refusal-explorer web", description="Serve a study in the browser.")
+    parser.add_argument("study", type=Path, help="the study file (.h5)")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
+    parser.add_argument("--port", type=int, default=7860, help="TCP port (default 7860)")
+    parser.add_argument("--share", action="store_true", help="also make a public gradio.live link (off by default)")
+    parser.add_argument("--live", action="store_true", help="load the model + SAEs for the live editing panel")
+    parser.add_argument("--run", default="default", help="analysis run to show (default: default)")
+    parser.add_argument("--max-prompt-chars", type=int, default=2000, help="live panel: longest prompt accepted")
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="live panel: most tokens generated")
+    args = parser.parse_args(argv)
+    try:
+        serve(args.study, host=args.host, port=args.port, share=args.share, live=args.live, run=args.run,
+              max_prompt_chars=args.max_prompt_chars, max_new_tokens=args.max_new_tokens)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""Callbacks of the analysis tabs: minimal sets, FM interactions, dormant latents."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from refusal_web import plots
+from refusal_web.context import WebContext, whole_number
+from refusal_web.views import FLOAT_DIGITS, rounded
+from store import InputError
+
+HEATMAP_MAX = 60
+"""Most latents drawn in the FM heatmap (the strongest by |w| + interaction norm)."""
+
+
+def _ids(latents: np.ndarray) -> str:
+    return " ".join(map(str, latents.tolist()))
+
+
+def minimal_sets(ctx: WebContext) -> tuple[str, pd.DataFrame]:
+    """Summary Markdown and one row per minimal set."""
+    greedy = ctx.greedy
+    if greedy is None:
+        return ctx.missing_note("greedy", "minimal sets"), pd.DataFrame({"set": []})
+    sizes = np.diff(greedy.set_offsets)
+    flipped = {1: "complies", 0: "still refuses", -1: "not checked"}
+    searched_on = [str(int(p)) for p in greedy.prompt]
+    joint = getattr(greedy, "joint_prompts", np.zeros(0, np.int64))  # newer studies: last set searched jointly
+    if len(joint) and searched_on:
+        searched_on[-1] = f"joint: {len(joint)} prompts"
+    frame = pd.DataFrame({
+        "set": np.arange(len(greedy.prompt)), "prompt": greedy.prompt, "searched_on": searched_on, "size": sizes,
+        "latents": [_ids(greedy.latents_of(s)) for s in range(len(greedy.prompt))],
+        "baseline_score": rounded(greedy.baseline_score),
+        "all_k_ablated": rounded(greedy.start_score),
+        "set_ablated": rounded(greedy.final_score),
+        "generation": [flipped.get(int(f), "?") for f in greedy.flipped],
+    })
+    shared = set(greedy.latents_of(0).tolist()) if len(greedy.prompt) else set()
+    for s in range(1, len(greedy.prompt)):
+        shared &= set(greedy.latents_of(s).tolist())
+    text = (f"**{len(greedy.prompt)} minimal sets** on layer {greedy.layer}, searched from the top {greedy.k} "
+            f"candidates ({greedy.order} order); a prompt counts as flipped below score {greedy.threshold:+.2f}. "
+            f"Median size {int(np.median(sizes)) if len(sizes) else 0}; in every set: "
+            f"{', '.join(map(str, sorted(shared))) or 'none'}.")
+    return text, frame
+
+
+def trajectory(ctx: WebContext, index: object) -> tuple[go.Figure | None, pd.DataFrame, str]:
+    """Refusal score vs number of ablated latents along one set's greedy search, and its steps."""
+    greedy = ctx.greedy
+    if greedy is None:
+        return None, pd.DataFrame({"step": []}), ctx.missing_note("greedy", "minimal sets")
+    try:
+        chosen = whole_number(index, "set")
+        if not 0 <= chosen < len(greedy.prompt):
+            raise InputError(f"set {chosen} does not exist (sets 0–{len(greedy.prompt) - 1})")
+    except InputError as error:
+        return None, pd.DataFrame({"step": []}), f"⚠️ {error}"
+    sizes, scores, removed = greedy.trajectory_of(chosen)
+    title = f"Set {chosen} (prompt {int(greedy.prompt[chosen])}): refusal score vs set size"
+    figure = plots.score_vs_size(sizes, scores, removed, greedy.threshold, title)
+    steps = pd.DataFrame({"step": np.arange(len(sizes)), "size": sizes, "refusal_score": rounded(scores),
+                          "removed": removed})
+    text = (f"Set {chosen}: **[{', '.join(map(str, greedy.latents_of(chosen).tolist()))}]**  \n"
+            f"Baseline generation: {greedy.baseline_generation[chosen]}  \n"
+            f"With the set ablated: {greedy.ablated_generation[chosen]}")
+    return figure, steps, text
+
+
+def fm_interactions(ctx: WebContext) -> tuple[str, go.Figure | None, pd.DataFrame, pd.DataFrame]:
+    """(fit summary, interaction heatmap, strongest pairs, per-latent weights)."""
+    fm = ctx.fm
+    if fm is None:
+        note = ctx.missing_note("fm", "FM fit")
+        if ctx.experiments is None:
+            note += " It needs the ablation experiments first: run " + ctx.command_for("experiments") + "."
+        return note, None, pd.DataFrame({"latent_i": []}), pd.DataFrame({"latent": []})
+    matrix = fm.interaction()
+    strength = np.abs(fm.w) + np.linalg.norm(fm.V, axis=1)
+    shown = np.sort(np.argsort(-strength, kind="stable")[:HEATMAP_MAX])
+    labels = [str(int(latent)) for latent in fm.latents[shown]]
+    title = f"FM pairwise interactions ⟨v_i, v_j⟩, layer {fm.layer}" + (
+        f" ({len(shown)} strongest of {len(fm.latents)} latents)" if len(shown) < len(fm.latents) else "")
+    figure = plots.heatmap(matrix[np.ix_(shown, shown)], labels, title)
+    pairs = fm.top_pairs(20, "abs")
+    pair_frame = pd.DataFrame({"latent_i": [p[0] for p in pairs], "latent_j": [p[1] for p in pairs],
+                               "interaction": [round(p[2], FLOAT_DIGITS) for p in pairs],
+                               "kind": ["synergy" if p[2] > 0 else "redundancy" for p in pairs]})
+    minimal = set()
+    if ctx.experiments is not None:
+        minimal = set(ctx.experiments.latents[ctx.experiments.in_minimal_set].tolist())
+    weights = pd.DataFrame({"latent": fm.latents, "w": rounded(fm.w),
+                            "interaction_share": rounded(fm.interaction_share),
+                            "in_minimal_set": [int(latent) in minimal for latent in fm.latents]})
+    text = (f"Fitted on {len(fm.latents)} latents: R² train {fm.r2_train:.3f}, held-out {fm.r2_holdout:.3f} "
+            f"(linear model held-out {fm.r2_linear_holdout:.3f}); w0 = {fm.w0:+.3f}. Positive ⟨v_i, v_j⟩: ablating both "
+            "raises the score more than the sum (synergy); negative: they back each other up (redundancy).")
+    return text, figure, pair_frame, weights
+
+
+def dormant_latents(ctx: WebContext) -> tuple[str, pd.DataFrame]:
+    """Latents silent at baseline that wake when the minimal set is ablated."""
+    table = ctx.dormant
+    if table is None:
+        return ctx.missing_note("dormant", "dormant-latent analysis"), pd.DataFrame({"latent": []})
+    where = [
+        " ".join(f"{int(p)}:{t}" for p, t in zip(table.position[a:b].tolist(), table.position_token[a:b].tolist()))
+        .replace("\n", "↵")
+        for a, b in zip(table.position_offsets[:-1], table.position_offsets[1:])
+    ]
+    frame = pd.DataFrame({
+        "latent": table.latent, "layer": table.layer,
+        "baseline": rounded(table.baseline_activation),
+        "ablated": rounded(table.ablated_activation),
+        "refusal_effect": rounded(table.refusal_effect),
+        "restores_refusal": table.restores_refusal.astype(bool), "fires_at": where,
+    })
+    restoring = int(table.restores_refusal.sum())
+    text = (f"**{len(table.latent)} latents** wake up when the minimal set of layer {table.source_layer} is ablated; "
+            f"{restoring} of them restore refusal (negative refusal effect: ablating them too lowers the score again).")
+    return text, frame

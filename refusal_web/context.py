@@ -1,0 +1,108 @@
+"""What every web callback reads: the open study, its analyses, per-layer feature tables.
+
+Built once when the app is built (the study file itself is opened by ``app_web.serve``).
+Analysis results are small and loaded here once; the feature table of a layer (a few arrays of
+d_sae values) and the prompt texts are read on first use and kept, as are the detail reader's
+caches. Callbacks run in Gradio's worker threads: h5py serialises file access itself, and each
+cache is filled under a lock.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from explorer.browse import FeatureTable, analyses_present, feature_table
+from explorer.results import CandidateResult, DirectionResult, DormantResult, ExperimentResult, FMResult, GreedyResult
+from refusal_web.detail import DetailReader
+from store import InputError, Study
+
+
+@dataclass
+class WebContext:
+    """The study and everything derived from it that the views share."""
+
+    study: Study
+    run: str
+    layers: tuple[int, ...]  # layers with SAE codes, analysis layer first
+    missing: dict[str, str | None]  # stage → command that produces it (None when present)
+    direction: DirectionResult | None
+    candidates: CandidateResult | None
+    greedy: GreedyResult | None
+    experiments: ExperimentResult | None
+    fm: FMResult | None
+    dormant: DormantResult | None
+    export_dir: Path
+    details: DetailReader
+    page_size: int = 50
+    _tables: dict[int, FeatureTable] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _texts: np.ndarray | None = None
+
+    @property
+    def layer(self) -> int | None:
+        """The default layer: the one the analyses ran on, else the first with codes."""
+        return self.layers[0] if self.layers else None
+
+    def table(self, layer: int) -> FeatureTable:
+        with self._lock:
+            if layer not in self._tables:
+                self._tables[layer] = feature_table(self.study, layer, self.run)
+            return self._tables[layer]
+
+    def texts(self) -> np.ndarray:
+        """Every prompt's text (for the prompt search), read once."""
+        with self._lock:
+            if self._texts is None:
+                self._texts = self.study.column("text")
+            return self._texts
+
+    def pick_layer(self, layer: object) -> int:
+        """The layer a view asked for (the default when empty), if it has SAE codes."""
+        if not self.layers:
+            raise InputError("this study has no SAE codes; cache them with `refusal-explorer cache --sae LAYER=…`")
+        chosen = self.layer if layer in (None, "") else whole_number(layer, "layer")
+        if chosen not in self.layers:
+            raise InputError(f"layer {chosen} has no SAE codes (layers with codes: {', '.join(map(str, self.layers))})")
+        return chosen
+
+    def missing_note(self, stage: str, what: str) -> str:
+        return f"*No {what} in run `{self.run}` yet: run {self.command_for(stage)} to produce it.*"
+
+    def command_for(self, stage: str) -> str:
+        command = self.missing.get(stage)
+        run = "" if self.run == "default" else f" --run {self.run}"
+        return f"`{command}{run}`" if command else ""
+
+
+def whole_number(value: object, what: str) -> int:
+    """A whole number from a UI field (Number gives floats, Dropdown strings); InputError if not."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise InputError(f"{what} must be a whole number, not {value!r}") from None
+    if not math.isfinite(number) or number != int(number):
+        raise InputError(f"{what} must be a whole number, not {value!r}")
+    return int(number)
+
+
+def make_context(study: Study, run: str = "default", export_dir: Path | None = None) -> WebContext:
+    """Load the analyses of ``run`` and pick the layers the views show."""
+    candidates = CandidateResult.load(study, run)
+    with_codes = [layer for layer in study.meta.layers if study.has_codes(layer)]
+    if candidates is not None and candidates.layer in with_codes:
+        with_codes.remove(candidates.layer)
+        with_codes.insert(0, candidates.layer)
+    export = export_dir or Path(tempfile.mkdtemp(prefix="refusal-web-"))
+    greedy, fm, dormant = GreedyResult.load(study, run), FMResult.load(study, run), DormantResult.load(study, run)
+    return WebContext(
+        study=study, run=run, layers=tuple(with_codes), missing=analyses_present(study, run),
+        direction=DirectionResult.load(study, run), candidates=candidates, greedy=greedy,
+        experiments=ExperimentResult.load(study, run), fm=fm, dormant=dormant, export_dir=export,
+        details=DetailReader(study, fm=fm, greedy=greedy, dormant=dormant),
+    )

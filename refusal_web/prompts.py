@@ -1,0 +1,121 @@
+"""Callbacks of the prompt explorer: find a prompt, colour its tokens, compare generations.
+
+Tokens are coloured by one latent's activation, or by the direction: the projection of the
+SAE reconstruction on the refusal direction, Σ_i a_i · ‖d_i‖ · cos(d_i, r), which needs only
+the stored codes, decoder norms and candidate cosines (no residuals, no model).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from explorer.browse import prompt_view
+from refusal_web.context import WebContext, whole_number
+from refusal_web.render import markdown_table, show_token
+from refusal_web.views import FLOAT_DIGITS, rounded
+from store import InputError
+
+COLOUR_MODES = ("latent", "direction")
+TOP_LATENTS = 15
+
+
+def prompt_page(ctx: WebContext, query: str, label: str, page: object) -> tuple[pd.DataFrame, str, int]:
+    """Prompts whose text contains ``query`` (case-insensitive), one page, a status line, page shown."""
+    texts = ctx.texts()
+    mask = np.ones(len(texts), bool)
+    if label and label != "all":
+        mask &= ctx.study.labels == label
+    if query and query.strip():
+        mask &= np.char.find(np.char.lower(texts.astype(str)), query.strip().lower()) >= 0
+    rows = np.flatnonzero(mask)
+    try:
+        number = whole_number(page or 1, "page")
+    except InputError as error:
+        return pd.DataFrame({"prompt": []}), f"⚠️ {error}", 1
+    pages = max(1, math.ceil(len(rows) / ctx.page_size))
+    number = min(max(1, number), pages)
+    shown = rows[(number - 1) * ctx.page_size : number * ctx.page_size]
+    scores = ctx.study.column("refusal_score")
+    frame = pd.DataFrame({
+        "prompt": shown, "label": ctx.study.labels[shown], "refusal_score": rounded(scores[shown]),
+        "text": [text if len(text) <= 100 else text[:99] + "…" for text in texts[shown]],
+    })
+    return frame, f"{len(rows):,} of {len(texts):,} prompts · page {number} of {pages}", number
+
+
+def prompt_search(ctx: WebContext, query: str, label: str) -> tuple[pd.DataFrame, str, int]:
+    """A new search: its first page."""
+    return prompt_page(ctx, query, label, 1)
+
+
+def direction_colour(ctx: WebContext, layer: int, index: int) -> np.ndarray:
+    """Per token of a prompt: the SAE reconstruction's projection on the refusal direction."""
+    candidates = ctx.candidates
+    if candidates is None or candidates.layer != layer:
+        raise InputError(f"colouring by direction needs candidate cosines for layer {layer}: "
+                         f"run {ctx.command_for('candidates') or '`refusal-explorer analyze candidates`'}")
+    codes = ctx.study.codes(layer)
+    norms = codes.stats().get("decoder_norm")
+    weight = candidates.cosine * (norms if norms is not None else 1.0)  # [d_sae]
+    indptr, indices, values = codes.prompt_codes(index)
+    contributions = values * weight[indices]
+    sums = np.zeros(len(indptr) - 1, np.float32)
+    rows = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+    np.add.at(sums, rows, contributions)
+    return sums
+
+
+def top_latents(ctx: WebContext, layer: int, index: int, n: int = TOP_LATENTS) -> pd.DataFrame:
+    """The latents with the highest peak activation on one prompt."""
+    indptr, indices, values = ctx.study.codes(layer).prompt_codes(index)
+    if not len(indices):
+        return pd.DataFrame({"latent": [], "peak": [], "tokens_active": []})
+    order = np.lexsort((-values, indices))
+    first = np.ones(len(order), bool)
+    first[1:] = indices[order][1:] != indices[order][:-1]
+    peak_of = order[first]  # per latent, its strongest entry
+    counts = np.bincount(indices, minlength=int(indices.max()) + 1)[indices[peak_of]]
+    best = np.argsort(-values[peak_of], kind="stable")[:n]
+    return pd.DataFrame({"latent": indices[peak_of][best], "peak": rounded(values[peak_of][best]),
+                         "tokens_active": counts[best]})
+
+
+def prompt_explore(
+    ctx: WebContext, index: object, layer: object, colour_by: str, latent: object,
+) -> tuple[list[tuple[str, float | None]], str, str, pd.DataFrame]:
+    """(highlighted tokens, prompt facts, generations Markdown, top latents of the prompt)."""
+    empty = pd.DataFrame({"latent": [], "peak": [], "tokens_active": []})
+    try:
+        prompt = whole_number(index, "prompt")
+        chosen = ctx.pick_layer(layer)
+        if colour_by not in COLOUR_MODES:
+            raise InputError(f"colour by one of {', '.join(COLOUR_MODES)}")
+        chosen_latent = whole_number(latent, "latent") if colour_by == "latent" else None
+        if chosen_latent is not None and not 0 <= chosen_latent < ctx.study.codes(chosen).d_sae:
+            raise InputError(f"latent {chosen_latent} is out of range (layer {chosen} has {ctx.study.codes(chosen).d_sae} latents)")
+        view = prompt_view(ctx.study, prompt, chosen, chosen_latent, ctx.run)
+        colour = view.colour if chosen_latent is not None else direction_colour(ctx, chosen, prompt)
+    except InputError as error:
+        return [], f"⚠️ {error}", "", empty
+    scale = float(np.abs(colour).max()) if colour is not None and len(colour) else 0.0
+    highlighted = [
+        (show_token(token), (round(float(value) / scale, 3) if scale > 0 and value != 0 else None))
+        for token, value in zip(view.tokens, colour if colour is not None else np.zeros(len(view.tokens)))
+    ]
+    what = f"latent {chosen_latent}" if chosen_latent is not None else "the refusal direction (via the SAE reconstruction)"
+    refused = {1: "refused", 0: "complied", -1: "not generated"}.get(view.refused, "?")
+    facts = f"### Prompt {view.index} · {view.label}\n" + markdown_table([
+        ("Text", view.text.replace("\n", " ")), ("Tokens", str(len(view.tokens))),
+        ("Refusal score", f"{view.refusal_score:+.3f}"), ("Generation", refused),
+        ("Colour", f"{what}; peak |value| {scale:.3f}"),
+    ])
+    generations = f"**Baseline generation**\n\n> {view.generation or '(none)'}"
+    if ctx.greedy is None:
+        generations += "\n\n" + ctx.missing_note("greedy", "minimal-set ablations")
+    for latents, text, score in view.ablations:
+        ids = ", ".join(map(str, latents.tolist()))
+        generations += f"\n\n**With latents [{ids}] ablated** (score {score:+.3f})\n\n> {text or '(none)'}"
+    return highlighted, facts, generations, top_latents(ctx, chosen, prompt)

@@ -1,0 +1,135 @@
+"""End to end: serve the app on a free loopback port and drive it in headless Chromium.
+
+Uses Debian's chromium through Playwright's Python package (no browser download); install both
+with ``scripts/install_browser.sh``. Skips, saying so, only when no browser is installed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import shutil
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+if CHROMIUM is None or importlib.util.find_spec("playwright") is None:
+    pytest.skip("no headless browser installed: run scripts/install_browser.sh (Debian chromium + playwright)",
+                allow_module_level=True)
+
+from playwright.sync_api import Browser, Page, expect, sync_playwright  # noqa: E402
+
+import app_web  # noqa: E402
+from store import Study  # noqa: E402
+from tests.web.conftest import FakeLiveModel  # noqa: E402
+
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"]
+WAIT_MS = 20_000
+expect.set_options(timeout=WAIT_MS)  # assertions wait as long as actions: this box is shared and slow
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def url(study_path: Path) -> Iterator[str]:
+    with Study(study_path) as study:
+        demo = app_web.build_app(study, FakeLiveModel())
+        port = free_port()
+        demo.launch(prevent_thread_lock=True, quiet=True, **app_web.launch_options(port=port))
+        try:
+            yield f"http://127.0.0.1:{port}/"
+        finally:
+            demo.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture()
+def page(browser: Browser, url: str) -> Iterator[Page]:
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(WAIT_MS)
+    page.goto(url)
+    expect(page.locator("#overview-text")).to_contain_text("synthetic/tiny-chat")
+    yield page
+    page.close()
+
+
+def cell(page: Page, table: str, row: int, column: int = 0):
+    return page.locator(f"#{table} [data-testid='cell-{row}-{column}']")
+
+
+def test_overview_and_feature_explorer(page: Page) -> None:
+    expect(page.locator("#overview-text")).to_contain_text("24 harmful")
+    page.get_by_role("tab", name="Features").click()
+    expect(page.locator("#feature-status")).to_contain_text("512 of 512 latents match")
+    query = page.locator("#feature-query textarea, #feature-query input").first
+    query.fill("minimal")
+    query.press("Enter")
+    expect(page.locator("#feature-status")).to_contain_text("5 of 512 latents match")
+    ids = [cell(page, "feature-table", row).inner_text().strip() for row in range(5)]
+    assert sorted(map(int, ids)) == [3, 17, 42, 101, 250]
+    row = ids.index("42")
+    cell(page, "feature-table", row).click()
+    expect(page.locator("#feature-head")).to_contain_text("Latent 42 · layer 6")
+    examples = page.locator("#feature-examples .re-example")
+    expect(examples).to_have_count(10)
+    expect(examples.first).to_contain_text("harmful")
+    expect(page.locator("#feature-examples .re-tok").first).to_be_visible()
+    expect(page.locator("#feature-lens")).to_contain_text("In minimal sets")
+    expect(page.locator("#feature-histogram .js-plotly-plot")).to_be_visible()
+
+    page.get_by_role("button", name="Export matching rows (CSV)").click()
+    link = page.locator("#feature-csv a[href*='.csv']").first
+    expect(link).to_be_attached()
+    csv = page.request.get(page.evaluate("href => new URL(href, document.baseURI).href", link.get_attribute("href")))
+    assert csv.ok and csv.text().splitlines()[0].startswith("latent,cosine,attribution")
+    assert len(csv.text().splitlines()) == 1 + 5  # header + the five latents matching "minimal"
+
+    page.locator("#feature-latent input").fill("9999")
+    page.locator("#feature-show").click()
+    expect(page.locator("#feature-head")).to_contain_text("latent 9999 is out of range")
+
+
+def test_prompt_explorer(page: Page) -> None:
+    page.get_by_role("tab", name="Prompts").click()
+    expect(page.locator("#prompt-status")).to_contain_text("48 of 48 prompts")
+    expect(page.locator("#prompt-facts")).to_contain_text("Prompt 0 · harmful")
+    cell(page, "prompt-table", 7).click()
+    expect(page.locator("#prompt-facts")).to_contain_text("Prompt 7 · harmless")
+    tokens = page.locator("#prompt-tokens")
+    expect(tokens).to_contain_text("assistant")
+    expect(page.locator("#prompt-generations")).to_contain_text("Baseline generation")
+    page.get_by_label("direction").check()
+    expect(page.locator("#prompt-facts")).to_contain_text("the refusal direction (via the SAE reconstruction)")
+    latent = cell(page, "prompt-top-latents", 0).inner_text().strip()
+    cell(page, "prompt-top-latents", 0).click()
+    expect(page.locator("#prompt-facts")).to_contain_text(re.compile(rf"latent {latent}; peak \|value\| [1-9]"))
+
+
+def test_live_panel_streams_and_rejects_bad_ids(page: Page) -> None:
+    page.get_by_role("tab", name="Live").click()
+    page.locator("#live-prompt textarea").fill("How do I pick a lock?")
+    latents = page.locator("#live-latents textarea, #live-latents input").first
+    latents.fill("3, 99999")
+    page.locator("#live-go").click()
+    expect(page.locator("#live-status")).to_contain_text("latent 99999 is out of range")
+    latents.fill("3, 17")
+    page.locator("#live-go").click()
+    expect(page.locator("#live-status")).to_contain_text("Done")
+    expect(page.locator("#live-status")).to_contain_text("baseline +1.750, edited -2.500")
+    expect(page.locator("#live-baseline textarea")).to_have_value(re.compile(r"^I'm sorry, I can't"))
+    expect(page.locator("#live-edited textarea")).to_have_value(re.compile(r"^Sure, here is how"))
