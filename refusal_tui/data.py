@@ -1,0 +1,242 @@
+"""The study as the screens see it: one open ``Study`` plus caches, safe to call from workers.
+
+Screens call these methods from ``@work(thread=True)`` workers, never from the event loop, so a
+slow read (a 130k-latent table, a long prompt) never freezes the UI. h5py serialises access to
+the file internally; the lock here only guards the cache dictionary.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+
+from explorer import browse
+from explorer.results import CandidateResult, DirectionResult, DormantResult, FMResult, GreedyResult
+from store import InputError, LayerCodes, Study
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class PromptTable:
+    """One row per committed prompt, for the prompt list."""
+
+    index: np.ndarray  # int [n]
+    label: np.ndarray  # str [n]
+    score: np.ndarray  # float32 [n]: fast refusal score
+    refused: np.ndarray  # int8 [n]: 1 refused, 0 complied, -1 not generated
+    n_tokens: np.ndarray  # int [n]
+    text: np.ndarray  # str [n]
+
+    COLUMNS = ("index", "label", "score", "refused", "n_tokens", "text")
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def order(self, column: str, *, descending: bool = True, rows: np.ndarray | None = None) -> np.ndarray:
+        rows = np.arange(len(self)) if rows is None else rows
+        values = getattr(self, column)[rows]
+        if values.dtype.kind in "US":
+            key = np.argsort(values, kind="stable")
+            return rows[key[::-1]] if descending else rows[key]
+        key = -values.astype(np.float64) if descending else values.astype(np.float64)
+        return rows[np.argsort(key, kind="stable")]
+
+    def filter(self, query: str) -> np.ndarray:
+        """Rows matching every term: a label, ``refused``/``complied``, ``score>1.5``,
+        ``tokens<40``, ``#12`` (index prefix) or any other word (case-insensitive text search)."""
+        mask = np.ones(len(self), bool)
+        labels = {str(label).lower() for label in np.unique(self.label)}
+        for term in query.lower().split():
+            comparison = re.fullmatch(r"(score|tokens)(>=|<=|>|<|=)(-?[\d.]+)", term)
+            if comparison:
+                values = (self.score if comparison[1] == "score" else self.n_tokens).astype(np.float64)
+                bound = float(comparison[3])
+                mask &= {">": values > bound, "<": values < bound, ">=": values >= bound,
+                         "<=": values <= bound, "=": values == bound}[comparison[2]]
+            elif term in labels:
+                mask &= np.char.lower(self.label.astype(str)) == term
+            elif term in ("refused", "complied"):
+                mask &= self.refused == (1 if term == "refused" else 0)
+            elif term.startswith("#") and term[1:].isdigit():
+                mask &= np.char.startswith(self.index.astype(str), term[1:])
+            else:
+                mask &= np.char.find(np.char.lower(self.text.astype(str)), term) >= 0
+        return np.flatnonzero(mask)
+
+
+class StudyData:
+    """Cached, thread-safe access to one study and one analysis run."""
+
+    def __init__(self, study: Study, *, run: str = "default", layer: int | None = None) -> None:
+        self.study = study
+        self.run = run
+        self._cache: dict[Any, Any] = {}
+        self._lock = threading.Lock()
+        layers = study.meta.layers
+        if layer is not None and layer not in layers:
+            raise InputError(f"layer {layer} is not in this study (layers: {', '.join(map(str, layers))})")
+        self.layers_with_codes = tuple(layer_ for layer_ in layers if study.has_codes(layer_))
+        self.layer = layer if layer is not None else self._default_layer()
+
+    def _default_layer(self) -> int:
+        """The layer the analyses ran on if it has codes, else the first layer with codes."""
+        for result in (self.candidates(), self.greedy(), self.fm()):  # cached: the views need them anyway
+            if result is not None and result.layer in self.layers_with_codes:
+                return result.layer
+        return self.layers_with_codes[0] if self.layers_with_codes else self.study.meta.layers[0]
+
+    def cached(self, key: Any, compute: Callable[[], T]) -> T:
+        with self._lock:
+            if key in self._cache:
+                return self._cache[key]
+        value = compute()  # outside the lock: two workers may compute the same thing once each
+        with self._lock:
+            return self._cache.setdefault(key, value)
+
+    # --- study-level reads -------------------------------------------------------------
+    def summary(self) -> dict[str, Any]:
+        return self.cached("summary", self.study.summary)
+
+    def analyses(self) -> dict[str, str | None]:
+        return self.cached("analyses", lambda: browse.analyses_present(self.study, self.run))
+
+    def direction(self) -> DirectionResult | None:
+        return self.cached("direction", lambda: DirectionResult.load(self.study, self.run))
+
+    def candidates(self) -> CandidateResult | None:
+        return self.cached("candidates", lambda: CandidateResult.load(self.study, self.run))
+
+    def greedy(self) -> GreedyResult | None:
+        return self.cached("greedy", lambda: GreedyResult.load(self.study, self.run))
+
+    def fm(self) -> FMResult | None:
+        return self.cached("fm", lambda: FMResult.load(self.study, self.run))
+
+    def dormant(self) -> DormantResult | None:
+        return self.cached("dormant", lambda: DormantResult.load(self.study, self.run))
+
+    def missing(self, stage: str) -> str:
+        """The line a view shows when a stage has not been run."""
+        command = self.analyses().get(stage) or f"refusal-explorer analyze {stage}"
+        return f"No {stage} results in run '{self.run}' yet. Produce them with: {command}"
+
+    # --- per-layer tables --------------------------------------------------------------
+    def require_codes(self, layer: int) -> None:
+        if layer not in self.layers_with_codes:
+            raise InputError(
+                f"layer {layer} has no SAE codes; cache them with `refusal-explorer cache --sae {layer}=…`"
+            )
+        if not self.study.codes(layer).has_latent_index:
+            raise InputError("this study has no per-latent index yet; finish it with `refusal-explorer cache --resume`")
+
+    def feature_table(self, layer: int) -> browse.FeatureTable:
+        self.require_codes(layer)
+        return self.cached(("table", layer), lambda: browse.feature_table(self.study, layer, self.run))
+
+    def codes(self, layer: int) -> LayerCodes:
+        """One LayerCodes per layer, so its token index is read once."""
+        return self.cached(("codes", layer), lambda: self.study.codes(layer))
+
+    def stats(self, layer: int) -> dict[str, np.ndarray]:
+        return self.cached(("stats", layer), lambda: self.codes(layer).stats())
+
+    def fm_interaction(self) -> np.ndarray | None:
+        fm = self.fm()
+        return None if fm is None else self.cached("fm_interaction", fm.interaction)
+
+    def feature_detail(self, layer: int, latent: int) -> browse.FeatureDetail:
+        self.require_codes(layer)
+        if not 0 <= latent < self.codes(layer).d_sae:
+            raise InputError(f"latent {latent} is out of range (layer {layer} has {self.codes(layer).d_sae:,} latents)")
+        return self.cached(("detail", layer, latent), lambda: fast_feature_detail(self, layer, latent))
+
+    def d_sae(self, layer: int) -> int:
+        return int(self.study.meta.saes.get(layer, {}).get("d_sae") or self.study.codes(layer).d_sae)
+
+    def prompt_table(self) -> PromptTable:
+        def build() -> PromptTable:
+            study = self.study
+            return PromptTable(
+                index=np.arange(study.n_prompts), label=study.labels, score=study.column("refusal_score"),
+                refused=study.column("refused"), n_tokens=np.diff(study.token_offsets), text=study.column("text"),
+            )
+        return self.cached("prompts", build)
+
+    def prompt_view(self, index: int, latent: int | None, layer: int | None = None) -> browse.PromptView:
+        layer = self.layer if layer is None else layer
+        if latent is not None:
+            self.require_codes(layer)
+            if not 0 <= latent < self.study.codes(layer).d_sae:
+                raise InputError(f"latent {latent} is out of range (layer {layer} has {self.study.codes(layer).d_sae})")
+        return browse.prompt_view(self.study, index, layer if latent is not None else None, latent, self.run)
+
+    def projection(self, index: int) -> tuple[np.ndarray, int] | None:
+        """Each token's residual projected on the refusal direction (NaN where no residual is
+        stored, i.e. outside the post-instruction positions), and the direction's layer."""
+        direction = self.direction()
+        if direction is None:
+            return None
+        resid = self.study.resid(direction.layer, np.array([index]))[0]  # [n_positions, d_model]
+        n_tokens = int(self.study.token_offsets[index + 1] - self.study.token_offsets[index])
+        out = np.full(n_tokens, np.nan, np.float32)
+        n = min(len(resid), n_tokens)
+        out[n_tokens - n :] = resid[len(resid) - n :] @ direction.direction
+        return out, direction.layer
+
+
+def fast_feature_detail(data: StudyData, layer: int, latent: int, k: int = 10) -> browse.FeatureDetail:
+    """``browse.feature_detail`` with the same result, for the 100 ms budget of a click.
+
+    It reuses the cached per-layer statistics and analysis results instead of re-reading them,
+    and takes each example's activations from the latent's own CSC entries (already read for the
+    histogram) instead of decoding every example prompt's CSR codes. tests/tui checks that both
+    agree; the lead may move this into ``explorer.browse``.
+    """
+    study, codes, stats = data.study, data.codes(layer), data.stats(layer)
+    rows, values = codes.latent_entries(latent)
+    labels = [str(label) for label in stats.get("labels", [])]
+    summary = {"active_tokens": float(len(values)), "max_active": float(values.max()) if len(values) else 0.0}
+    for name in ("prompt_freq", "token_freq", "mean_active"):
+        for label in labels:
+            summary[f"{name}_{label}"] = float(stats[name][labels.index(label), latent])
+    if "decoder_norm" in stats:
+        summary["decoder_norm"] = float(stats["decoder_norm"][latent])
+    offsets = study.token_offsets
+    examples = []
+    for prompt, position, value in codes.top_activations(latent, k):
+        start, stop = int(offsets[prompt]), int(offsets[prompt + 1])
+        activations = np.zeros(stop - start, np.float32)
+        low, high = np.searchsorted(rows, [start, stop])  # CSC rows are ascending per latent
+        activations[rows[low:high] - start] = values[low:high]
+        tokens = study.token_strings(study.token_ids(prompt))
+        examples.append(browse.ActivationExample(prompt, str(study.labels[prompt]), tokens, activations, position, value))
+    histogram = np.histogram(values, bins=20) if len(values) else (np.zeros(0), np.zeros(0))
+
+    def lens(name: str) -> list[str]:
+        return study.token_strings(stats[name][latent]) if name in stats else []
+
+    partners: list[tuple[int, float]] = []
+    fm, interaction = data.fm(), data.fm_interaction()
+    if fm is not None and interaction is not None and fm.layer == layer and latent in fm.latents:
+        row = interaction[int(np.flatnonzero(fm.latents == latent)[0])]
+        partners = [(int(fm.latents[j]), float(row[j])) for j in np.argsort(-np.abs(row))[:8] if row[j] != 0]
+    greedy = data.greedy()
+    sets = [] if greedy is None or greedy.layer != layer else [
+        s for s in range(len(greedy.prompt)) if latent in greedy.latents_of(s)
+    ]
+    dormant: dict[str, float] = {}
+    table = data.dormant()
+    if table is not None:
+        hits = np.flatnonzero((table.latent == latent) & (table.layer == layer))
+        if len(hits):
+            i = hits[0]
+            dormant = {"baseline": float(table.baseline_activation[i]), "ablated": float(table.ablated_activation[i]),
+                       "refusal_effect": float(table.refusal_effect[i])}
+    return browse.FeatureDetail(layer, latent, summary, examples, histogram, lens("logit_lens_top"),
+                                lens("logit_lens_bottom"), partners, sets, dormant)

@@ -1,0 +1,1 @@
+"""One module per view; ``base.StudyScreen`` is the pattern they share."""
