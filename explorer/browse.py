@@ -9,12 +9,18 @@ with millions of tokens and 100k+ latents.
 from __future__ import annotations
 
 import re
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
-from explorer.results import CandidateResult, DormantResult, FMResult, GreedyResult, RESULT_TYPES
-from store import Study
+from explorer.results import RESULT_TYPES, CandidateResult, DormantResult, FMResult, GreedyResult, StageResult
+from store import LayerCodes, Study
+
+T = TypeVar("T")
+R = TypeVar("R", bound=StageResult)
 
 FEATURE_COLUMNS = (
     "latent", "cosine", "attribution", "freq_harmful", "freq_harmless", "freq_diff", "max_active",
@@ -125,46 +131,103 @@ class FeatureDetail:
     dormant: dict[str, float] = field(default_factory=dict)
 
 
-def feature_detail(study: Study, layer: int, latent: int, run: str = "default", k: int = 10) -> FeatureDetail:
-    codes = study.codes(layer)
-    _, values = codes.latent_entries(latent)
-    stats = codes.stats()
-    labels = list(stats.get("labels", []))
-    summary = {"active_tokens": float(len(values)), "max_active": float(values.max()) if len(values) else 0.0}
-    for name in ("prompt_freq", "token_freq", "mean_active"):
-        for label in labels:
-            summary[f"{name}_{label}"] = float(stats[name][labels.index(label), latent])
-    if "decoder_norm" in stats:
-        summary["decoder_norm"] = float(stats["decoder_norm"][latent])
-    examples = []
-    for prompt, position, value in codes.top_activations(latent, k):
-        record_tokens = study.token_strings(study.token_ids(prompt))
-        activations = codes.prompt_dense(prompt, np.array([latent]))[:, 0]
-        examples.append(ActivationExample(prompt, str(study.labels[prompt]), record_tokens, activations, position, value))
-    histogram = np.histogram(values, bins=20) if len(values) else (np.zeros(0), np.zeros(0))
+class StudyBrowser:
+    """One open study and analysis run, with the reads every view repeats cached.
 
-    def lens(name: str) -> list[str]:
-        return study.token_strings(stats[name][latent]) if name in stats else []
+    Thread-safe: viewers call it from worker threads. h5py serialises file access itself; the
+    lock only guards the cache. Two workers may compute the same entry once each.
+    """
 
-    partners: list[tuple[int, float]] = []
-    fm = FMResult.load(study, run)
-    if fm is not None and fm.layer == layer and latent in fm.latents:
-        row = fm.interaction()[int(np.flatnonzero(fm.latents == latent)[0])]
-        partners = [(int(fm.latents[j]), float(row[j])) for j in np.argsort(-np.abs(row))[:8] if row[j] != 0]
-    greedy = GreedyResult.load(study, run)
-    sets = [] if greedy is None or greedy.layer != layer else [
-        s for s in range(len(greedy.prompt)) if latent in greedy.latents_of(s)
-    ]
-    dormant: dict[str, float] = {}
-    table = DormantResult.load(study, run)
-    if table is not None:
+    def __init__(self, study: Study, run: str = "default") -> None:
+        self.study = study
+        self.run = run
+        self._cache: dict[object, object] = {}
+        self._lock = threading.Lock()
+
+    def cached(self, key: object, compute: Callable[[], T]) -> T:
+        with self._lock:
+            if key in self._cache:
+                return self._cache[key]  # type: ignore[return-value]
+        value = compute()
+        with self._lock:
+            return self._cache.setdefault(key, value)  # type: ignore[return-value]
+
+    def result(self, kind: type[R]) -> R | None:
+        return self.cached(("result", kind.STAGE), lambda: kind.load(self.study, self.run))
+
+    def codes(self, layer: int) -> LayerCodes:
+        """One LayerCodes per layer, so its token index is read once."""
+        return self.cached(("codes", layer), lambda: self.study.codes(layer))
+
+    def stats(self, layer: int) -> dict[str, np.ndarray]:
+        return self.cached(("stats", layer), lambda: self.codes(layer).stats())
+
+    def fm_interaction(self) -> np.ndarray | None:
+        fm = self.result(FMResult)
+        return None if fm is None else self.cached("fm_interaction", fm.interaction)
+
+    def feature_table(self, layer: int) -> FeatureTable:
+        return self.cached(("table", layer), lambda: feature_table(self.study, layer, self.run))
+
+    def feature_detail(self, layer: int, latent: int, k: int = 10) -> FeatureDetail:
+        """Everything the feature view shows, from one contiguous read of the latent's CSC slice:
+        the examples' per-token activations come from that slice too, not from each example
+        prompt's CSR codes, which keeps a click well under 100 ms on 1M-token studies."""
+        study, codes, stats = self.study, self.codes(layer), self.stats(layer)
+        rows, values = codes.latent_entries(latent)
+        labels = [str(label) for label in stats.get("labels", [])]
+        summary = {"active_tokens": float(len(values)), "max_active": float(values.max()) if len(values) else 0.0}
+        for name in ("prompt_freq", "token_freq", "mean_active"):
+            for label in labels:
+                summary[f"{name}_{label}"] = float(stats[name][labels.index(label), latent])
+        if "decoder_norm" in stats:
+            summary["decoder_norm"] = float(stats["decoder_norm"][latent])
+        offsets = study.token_offsets
+        examples = []
+        for prompt, position, value in codes.top_activations(latent, k):
+            start, stop = int(offsets[prompt]), int(offsets[prompt + 1])
+            activations = np.zeros(stop - start, np.float32)
+            low, high = np.searchsorted(rows, [start, stop])  # CSC rows ascend within a latent
+            activations[rows[low:high] - start] = values[low:high]
+            tokens = study.token_strings(study.token_ids(prompt))
+            examples.append(ActivationExample(prompt, str(study.labels[prompt]), tokens, activations, position, value))
+        histogram = np.histogram(values, bins=20) if len(values) else (np.zeros(0), np.zeros(0))
+
+        def lens(name: str) -> list[str]:
+            return study.token_strings(stats[name][latent]) if name in stats else []
+
+        return FeatureDetail(layer, latent, summary, examples, histogram, lens("logit_lens_top"),
+                             lens("logit_lens_bottom"), self._partners(layer, latent), self._sets(layer, latent),
+                             self._dormant(layer, latent))
+
+    def _partners(self, layer: int, latent: int) -> list[tuple[int, float]]:
+        fm, interaction = self.result(FMResult), self.fm_interaction()
+        if fm is None or interaction is None or fm.layer != layer or latent not in fm.latents:
+            return []
+        row = interaction[int(np.flatnonzero(fm.latents == latent)[0])]
+        return [(int(fm.latents[j]), float(row[j])) for j in np.argsort(-np.abs(row))[:8] if row[j] != 0]
+
+    def _sets(self, layer: int, latent: int) -> list[int]:
+        greedy = self.result(GreedyResult)
+        if greedy is None or greedy.layer != layer:
+            return []
+        return [s for s in range(len(greedy.prompt)) if latent in greedy.latents_of(s)]
+
+    def _dormant(self, layer: int, latent: int) -> dict[str, float]:
+        table = self.result(DormantResult)
+        if table is None:
+            return {}
         hits = np.flatnonzero((table.latent == latent) & (table.layer == layer))
-        if len(hits):
-            i = hits[0]
-            dormant = {"baseline": float(table.baseline_activation[i]), "ablated": float(table.ablated_activation[i]),
-                       "refusal_effect": float(table.refusal_effect[i])}
-    return FeatureDetail(layer, latent, summary, examples, histogram, lens("logit_lens_top"), lens("logit_lens_bottom"),
-                         partners, sets, dormant)
+        if not len(hits):
+            return {}
+        i = hits[0]
+        return {"baseline": float(table.baseline_activation[i]), "ablated": float(table.ablated_activation[i]),
+                "refusal_effect": float(table.refusal_effect[i])}
+
+
+def feature_detail(study: Study, layer: int, latent: int, run: str = "default", k: int = 10) -> FeatureDetail:
+    """One feature's detail, without keeping caches (see ``StudyBrowser`` for repeated calls)."""
+    return StudyBrowser(study, run).feature_detail(layer, latent, k)
 
 
 @dataclass(frozen=True)

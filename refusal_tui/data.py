@@ -8,7 +8,6 @@ the file internally; the lock here only guards the cache dictionary.
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -76,8 +75,7 @@ class StudyData:
     def __init__(self, study: Study, *, run: str = "default", layer: int | None = None) -> None:
         self.study = study
         self.run = run
-        self._cache: dict[Any, Any] = {}
-        self._lock = threading.Lock()
+        self.browser = browse.StudyBrowser(study, run)
         layers = study.meta.layers
         if layer is not None and layer not in layers:
             raise InputError(f"layer {layer} is not in this study (layers: {', '.join(map(str, layers))})")
@@ -92,12 +90,7 @@ class StudyData:
         return self.layers_with_codes[0] if self.layers_with_codes else self.study.meta.layers[0]
 
     def cached(self, key: Any, compute: Callable[[], T]) -> T:
-        with self._lock:
-            if key in self._cache:
-                return self._cache[key]
-        value = compute()  # outside the lock: two workers may compute the same thing once each
-        with self._lock:
-            return self._cache.setdefault(key, value)
+        return self.browser.cached(key, compute)
 
     # --- study-level reads -------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
@@ -107,19 +100,19 @@ class StudyData:
         return self.cached("analyses", lambda: browse.analyses_present(self.study, self.run))
 
     def direction(self) -> DirectionResult | None:
-        return self.cached("direction", lambda: DirectionResult.load(self.study, self.run))
+        return self.browser.result(DirectionResult)
 
     def candidates(self) -> CandidateResult | None:
-        return self.cached("candidates", lambda: CandidateResult.load(self.study, self.run))
+        return self.browser.result(CandidateResult)
 
     def greedy(self) -> GreedyResult | None:
-        return self.cached("greedy", lambda: GreedyResult.load(self.study, self.run))
+        return self.browser.result(GreedyResult)
 
     def fm(self) -> FMResult | None:
-        return self.cached("fm", lambda: FMResult.load(self.study, self.run))
+        return self.browser.result(FMResult)
 
     def dormant(self) -> DormantResult | None:
-        return self.cached("dormant", lambda: DormantResult.load(self.study, self.run))
+        return self.browser.result(DormantResult)
 
     def missing(self, stage: str) -> str:
         """The line a view shows when a stage has not been run."""
@@ -137,24 +130,22 @@ class StudyData:
 
     def feature_table(self, layer: int) -> browse.FeatureTable:
         self.require_codes(layer)
-        return self.cached(("table", layer), lambda: browse.feature_table(self.study, layer, self.run))
+        return self.browser.feature_table(layer)
 
     def codes(self, layer: int) -> LayerCodes:
-        """One LayerCodes per layer, so its token index is read once."""
-        return self.cached(("codes", layer), lambda: self.study.codes(layer))
+        return self.browser.codes(layer)
 
     def stats(self, layer: int) -> dict[str, np.ndarray]:
-        return self.cached(("stats", layer), lambda: self.codes(layer).stats())
+        return self.browser.stats(layer)
 
     def fm_interaction(self) -> np.ndarray | None:
-        fm = self.fm()
-        return None if fm is None else self.cached("fm_interaction", fm.interaction)
+        return self.browser.fm_interaction()
 
     def feature_detail(self, layer: int, latent: int) -> browse.FeatureDetail:
         self.require_codes(layer)
         if not 0 <= latent < self.codes(layer).d_sae:
             raise InputError(f"latent {latent} is out of range (layer {layer} has {self.codes(layer).d_sae:,} latents)")
-        return self.cached(("detail", layer, latent), lambda: fast_feature_detail(self, layer, latent))
+        return self.cached(("detail", layer, latent), lambda: self.browser.feature_detail(layer, latent))
 
     def d_sae(self, layer: int) -> int:
         return int(self.study.meta.saes.get(layer, {}).get("d_sae") or self.study.codes(layer).d_sae)
@@ -188,55 +179,3 @@ class StudyData:
         n = min(len(resid), n_tokens)
         out[n_tokens - n :] = resid[len(resid) - n :] @ direction.direction
         return out, direction.layer
-
-
-def fast_feature_detail(data: StudyData, layer: int, latent: int, k: int = 10) -> browse.FeatureDetail:
-    """``browse.feature_detail`` with the same result, for the 100 ms budget of a click.
-
-    It reuses the cached per-layer statistics and analysis results instead of re-reading them,
-    and takes each example's activations from the latent's own CSC entries (already read for the
-    histogram) instead of decoding every example prompt's CSR codes. tests/tui checks that both
-    agree; the lead may move this into ``explorer.browse``.
-    """
-    study, codes, stats = data.study, data.codes(layer), data.stats(layer)
-    rows, values = codes.latent_entries(latent)
-    labels = [str(label) for label in stats.get("labels", [])]
-    summary = {"active_tokens": float(len(values)), "max_active": float(values.max()) if len(values) else 0.0}
-    for name in ("prompt_freq", "token_freq", "mean_active"):
-        for label in labels:
-            summary[f"{name}_{label}"] = float(stats[name][labels.index(label), latent])
-    if "decoder_norm" in stats:
-        summary["decoder_norm"] = float(stats["decoder_norm"][latent])
-    offsets = study.token_offsets
-    examples = []
-    for prompt, position, value in codes.top_activations(latent, k):
-        start, stop = int(offsets[prompt]), int(offsets[prompt + 1])
-        activations = np.zeros(stop - start, np.float32)
-        low, high = np.searchsorted(rows, [start, stop])  # CSC rows are ascending per latent
-        activations[rows[low:high] - start] = values[low:high]
-        tokens = study.token_strings(study.token_ids(prompt))
-        examples.append(browse.ActivationExample(prompt, str(study.labels[prompt]), tokens, activations, position, value))
-    histogram = np.histogram(values, bins=20) if len(values) else (np.zeros(0), np.zeros(0))
-
-    def lens(name: str) -> list[str]:
-        return study.token_strings(stats[name][latent]) if name in stats else []
-
-    partners: list[tuple[int, float]] = []
-    fm, interaction = data.fm(), data.fm_interaction()
-    if fm is not None and interaction is not None and fm.layer == layer and latent in fm.latents:
-        row = interaction[int(np.flatnonzero(fm.latents == latent)[0])]
-        partners = [(int(fm.latents[j]), float(row[j])) for j in np.argsort(-np.abs(row))[:8] if row[j] != 0]
-    greedy = data.greedy()
-    sets = [] if greedy is None or greedy.layer != layer else [
-        s for s in range(len(greedy.prompt)) if latent in greedy.latents_of(s)
-    ]
-    dormant: dict[str, float] = {}
-    table = data.dormant()
-    if table is not None:
-        hits = np.flatnonzero((table.latent == latent) & (table.layer == layer))
-        if len(hits):
-            i = hits[0]
-            dormant = {"baseline": float(table.baseline_activation[i]), "ablated": float(table.ablated_activation[i]),
-                       "refusal_effect": float(table.refusal_effect[i])}
-    return browse.FeatureDetail(layer, latent, summary, examples, histogram, lens("logit_lens_top"),
-                                lens("logit_lens_bottom"), partners, sets, dormant)

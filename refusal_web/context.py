@@ -17,9 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from explorer.browse import FeatureTable, analyses_present, feature_table
+from explorer.browse import FeatureTable, StudyBrowser, analyses_present, feature_table
 from explorer.results import CandidateResult, DirectionResult, DormantResult, ExperimentResult, FMResult, GreedyResult
-from refusal_web.detail import DetailReader
 from store import InputError, Study
 
 
@@ -38,7 +37,7 @@ class WebContext:
     fm: FMResult | None
     dormant: DormantResult | None
     export_dir: Path
-    details: DetailReader
+    details: StudyBrowser  # cached feature details
     page_size: int = 50
     _tables: dict[int, FeatureTable] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -104,5 +103,5 @@ def make_context(study: Study, run: str = "default", export_dir: Path | None = N
         study=study, run=run, layers=tuple(with_codes), missing=analyses_present(study, run),
         direction=DirectionResult.load(study, run), candidates=candidates, greedy=greedy,
         experiments=ExperimentResult.load(study, run), fm=fm, dormant=dormant, export_dir=export,
-        details=DetailReader(study, fm=fm, greedy=greedy, dormant=dormant),
+        details=StudyBrowser(study, run),
     )
