@@ -141,11 +141,26 @@ def _check_output(config: CacheConfig) -> None:
         raise InputError(f"{config.out} is a directory; --out needs a file path such as study.h5")
 
 
-def run_cache(config: CacheConfig, *, loaded: LoadedModel | None = None, progress: bool = True) -> Path:
-    """Build (or resume) the study file; returns its path. ``loaded`` reuses a model in memory."""
+def run_cache(
+    config: CacheConfig, *, loaded: LoadedModel | None = None, progress: bool = True, shard: tuple[int, int] | None = None,
+) -> Path:
+    """Build (or resume) the study file; returns its path. ``loaded`` reuses a model in memory.
+
+    ``shard=(index, count)`` caches only that shard's batch-aligned slice of the prompts into
+    ``config.out`` and leaves it unfinalized, for ``store.merge.merge_shards`` (see
+    ``cache.distributed``)."""
     from cache import sae as sae_lib
 
     prompts = gather_prompts(config)
+    digest = prompt_set_digest(prompts)  # of the whole set: every shard records the same
+    shard_identity = {}
+    if shard is not None:
+        from cache.distributed import shard_bounds
+        from store.merge import SHARD_KEY
+
+        start, stop = shard_bounds(len(prompts), config.batch_size, *shard)
+        shard_identity = {SHARD_KEY: {"index": shard[0], "count": shard[1], "start": start, "stop": stop, "total": len(prompts)}}
+        prompts = prompts[start:stop]
     _check_output(config)
     specs = sae_lib.parse_sae_specs(config.saes)
     loaded = loaded or load_model(config.model, device=config.device, dtype=config.dtype)
@@ -175,7 +190,7 @@ def run_cache(config: CacheConfig, *, loaded: LoadedModel | None = None, progres
         sae_layers={layer: int(sae.cfg.d_sae) for layer, sae in saes.items()},
         sae_info={spec.layer: sae_lib.describe_sae(saes[spec.layer], spec) for spec in resolved},
         sae_arrays=sae_arrays,
-        identity=config.identity(prompt_set_digest(prompts), loaded.model_id, loaded.revision),
+        identity=config.identity(digest, loaded.model_id, loaded.revision) | shard_identity,
         config={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
         refusal_threshold=config.refusal_threshold, versions=_versions(),
     )
@@ -189,7 +204,8 @@ def run_cache(config: CacheConfig, *, loaded: LoadedModel | None = None, progres
                 chunk = prompts[start : start + config.batch_size]
                 writer.append(_cache_batch(chunk, loaded, saes, config, refusal_ids, detector, n_positions, pad_id))
                 bar.update(len(chunk))
-        writer.finalize()
+        if shard is None:  # shards are indexed once, after the merge
+            writer.finalize()
     return config.out
 
 

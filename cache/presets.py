@@ -1,0 +1,207 @@
+"""Presets for the papers' setups: a model id plus everything that must match it.
+
+``--preset gemma-2-2b-it`` and ``--preset llama-3.1-8b-it`` fill in the model, the refusal
+token, the layers (the papers' key layer plus a sweep for direction finding), one residual SAE
+per key layer (Gemma Scope / Llama Scope, trained on the base models and applied to the -IT
+models as in the papers), bf16 on a GPU, and a batch size for the detected GPU's memory.
+Any option given explicitly on the command line wins over the preset's value.
+
+Chat templates come from the real tokenizers (Gemma's has no system turn; Llama 3.1's adds its
+default system header); a checkpoint without a template gets the family adapter's
+(``cache.adapters``), which is what the tiny offline stand-ins exercise.
+
+Layer L is the residual stream after decoder block L (Gemma Scope ``layer_L``, Llama Scope
+``lLr``); the sweep stays below the last ~20% of layers, where Arditi et al. found that
+directions chosen there do not generalise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from store.errors import InputError
+
+GIB = 1 << 30
+
+
+@dataclass(frozen=True, kw_only=True)
+class SAEChoice:
+    """One SAE family of a preset, e.g. Gemma Scope 16k canonical."""
+
+    release: str
+    """sae-lens registry release."""
+    id_template: str
+    """The SAE id of layer L: ``id_template.format(layer=L)``."""
+
+    def spec(self, layer: int) -> str:
+        """The ``LAYER=RELEASE:SAE_ID`` spec of this SAE at ``layer``."""
+        return f"{layer}={self.release}:{self.id_template.format(layer=layer)}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Preset:
+    """Everything a paper setup fixes; see the module docstring."""
+
+    name: str
+    """The ``--preset`` value."""
+    model_id: str
+    """Hugging Face id of the chat model (must already be in the local HF cache)."""
+    family: str
+    """transformers ``model_type``; picks the adapter (chat template fallback, hook points)."""
+    n_layers: int
+    """Decoder blocks of the model, to check layer choices before anything loads."""
+    gated: bool
+    """The hub asks users to accept a licence before downloading the weights."""
+    refusal_tokens: tuple[str, ...]
+    """First response tokens counted by the fast refusal score."""
+    key_layers: tuple[int, ...]
+    """The papers' key layers: they get SAE codes by default."""
+    sweep_layers: tuple[int, ...]
+    """Layers whose residuals are cached for choosing the refusal direction."""
+    sae_widths: Mapping[str, SAEChoice]
+    """``--sae-width`` value → SAE family."""
+    default_width: str
+    """The width used without ``--sae-width``."""
+    gpu_dtype: str = "bfloat16"
+    """Weights dtype on a GPU (CPU runs use float32, where bf16 matmuls are slow)."""
+    batch_sizes: tuple[tuple[float, int], ...]
+    """(minimum total GPU memory in GiB, batch size), ascending; the largest tier that fits wins."""
+    cpu_batch_size: int = 4
+    """Batch size without a GPU."""
+
+    def __post_init__(self) -> None:
+        if self.default_width not in self.sae_widths:
+            raise ValueError(f"preset {self.name}: default width {self.default_width!r} is not among its widths")
+        if not set(self.key_layers) <= set(self.layers):
+            raise ValueError(f"preset {self.name}: key layers must be among its layers")
+        if max(self.layers) >= self.n_layers:
+            raise ValueError(f"preset {self.name}: a layer is out of range")
+        if [tier for tier, _ in self.batch_sizes] != sorted(tier for tier, _ in self.batch_sizes):
+            raise ValueError(f"preset {self.name}: batch size tiers must ascend")
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        """Default layers: the sweep and the key layers, ascending."""
+        return tuple(sorted(set(self.sweep_layers) | set(self.key_layers)))
+
+    def batch_size_for(self, gpu_total_bytes: int | None) -> int:
+        """The batch size for a GPU with this much memory in total (None = CPU)."""
+        if gpu_total_bytes is None:
+            return self.cpu_batch_size
+        # "24 GB" cards report a little less than 24 GiB (and part of it is reserved): 10% slack.
+        fitting = [batch for tier, batch in self.batch_sizes if gpu_total_bytes >= 0.9 * tier * GIB]
+        return fitting[-1] if fitting else self.batch_sizes[0][1]
+
+    def sae_specs(self, layers: tuple[int, ...], width: str | None = None) -> tuple[str, ...]:
+        """``LAYER=RELEASE:SAE_ID`` for each layer, in the chosen width."""
+        width = width or self.default_width
+        if width not in self.sae_widths:
+            raise InputError(f"--sae-width {width!r} is not offered by preset {self.name}; choose {', '.join(self.sae_widths)}")
+        return tuple(self.sae_widths[width].spec(layer) for layer in layers)
+
+
+PRESETS: dict[str, Preset] = {
+    preset.name: preset
+    for preset in (
+        Preset(
+            name="gemma-2-2b-it", model_id="google/gemma-2-2b-it", family="gemma2", n_layers=26, gated=True,
+            refusal_tokens=("I",), key_layers=(16,), sweep_layers=tuple(range(2, 21, 2)),
+            sae_widths={
+                "16k": SAEChoice(release="gemma-scope-2b-pt-res-canonical", id_template="layer_{layer}/width_16k/canonical"),
+                "65k": SAEChoice(release="gemma-scope-2b-pt-res-canonical", id_template="layer_{layer}/width_65k/canonical"),
+            },
+            default_width="16k",
+            # 2.6 B parameters = 5.2 GB in bf16; the rest is activations (vocab 256k, d_model 2304)
+            batch_sizes=((0, 8), (24, 32), (40, 64), (80, 128)),
+        ),
+        Preset(
+            name="llama-3.1-8b-it", model_id="meta-llama/Llama-3.1-8B-Instruct", family="llama", n_layers=32, gated=True,
+            refusal_tokens=("I",), key_layers=(13,), sweep_layers=tuple(range(2, 25, 2)),
+            sae_widths={
+                "32k": SAEChoice(release="llama_scope_lxr_8x", id_template="l{layer}r_8x"),
+                "128k": SAEChoice(release="llama_scope_lxr_32x", id_template="l{layer}r_32x"),
+            },
+            default_width="32k",
+            # 8.0 B parameters = 16.1 GB in bf16: a 24 GB card has ~6 GB left for the batch
+            batch_sizes=((0, 2), (24, 8), (40, 32), (80, 64)),
+            cpu_batch_size=2,
+        ),
+    )
+}
+
+#: The options a preset fills in (CacheConfig field names).
+PRESET_FIELDS = ("model", "layers", "saes", "refusal_tokens", "dtype", "batch_size")
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise InputError(f"unknown --preset {name!r}; choose {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def resolve_device_name(device: str) -> str:
+    """``auto`` → ``cuda`` when a GPU is present, else ``cpu``; anything else unchanged."""
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def gpu_memory(device: str) -> tuple[int, int] | None:
+    """(free, total) bytes of the CUDA device ``device`` names, or None when it is not a GPU."""
+    import torch
+
+    name = resolve_device_name(device)
+    if not name.startswith("cuda") or not torch.cuda.is_available():
+        return None
+    index = torch.device(name).index
+    free, total = torch.cuda.mem_get_info(torch.cuda.current_device() if index is None else index)
+    return int(free), int(total)
+
+
+def apply_preset(
+    name: str | None, options: Mapping[str, Any], explicit: Collection[str], *, sae_layers: tuple[int, ...] | None = None,
+    sae_width: str | None = None, gpu_total_bytes: int | None = None,
+) -> dict[str, Any]:
+    """``options`` (CacheConfig keyword arguments) with the preset's values filled in.
+
+    ``explicit`` names the options the user gave; those win over the preset. SAEs: ``--sae``
+    replaces the preset's; otherwise ``sae_layers`` (default: the key layers among the layers
+    in use, or every layer in use when the user picked layers without a key layer) get the
+    preset's SAE of ``sae_width``. Only those SAEs are loaded. ``gpu_total_bytes`` (None = no
+    GPU) picks the dtype and the batch size tier.
+    """
+    if name is None:
+        if sae_layers is not None or sae_width is not None:
+            raise InputError("--sae-layers and --sae-width pick a preset's SAEs; add --preset, or give --sae LAYER=RELEASE:SAE_ID")
+        return dict(options)
+    preset = get_preset(name)
+    given = {key: options[key] for key in PRESET_FIELDS if key in explicit and key in options}
+    if given.get("saes") and (sae_layers is not None or sae_width is not None):
+        raise InputError("give either --sae or --sae-layers/--sae-width, not both")
+    layers = tuple(given.get("layers") or preset.layers)
+    if given.get("saes"):
+        saes = tuple(given["saes"])
+    else:
+        if sae_layers is None:
+            chosen = tuple(layer for layer in preset.key_layers if layer in layers) or layers
+        else:
+            chosen = sae_layers
+            outside = [layer for layer in chosen if layer not in layers]
+            if outside:
+                raise InputError(f"--sae-layers {outside[0]} is not among the cached layers {list(layers)}; add it to --layers")
+        saes = preset.sae_specs(chosen, sae_width)
+    filled = {
+        "model": preset.model_id, "layers": layers, "saes": saes, "refusal_tokens": preset.refusal_tokens,
+        "dtype": preset.gpu_dtype if gpu_total_bytes is not None else "float32",
+        "batch_size": preset.batch_size_for(gpu_total_bytes),
+    }
+    return dict(options) | filled | {key: value for key, value in given.items() if key not in ("layers", "saes")}
+
+
+def describe_presets() -> str:
+    """One line per preset, for --help and the runbook."""
+    return "; ".join(f"{p.name} ({p.model_id}, layers {p.key_layers[0]} + sweep)" for p in PRESETS.values())
