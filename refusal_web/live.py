@@ -168,9 +168,10 @@ def live_generate(
 
 
 def open_live_model(study: Study, run: str = "default") -> LiveModel:
-    """The model behind ``--live``: the study's model with its SAEs hooked in.
+    """The model behind ``--live``: the study's model with its SAEs hooked in (CPU or GPU)."""
+    from explorer.live import open_live
+    from explorer.live_model import StudyLiveModel
+    from explorer.results import DirectionResult
 
-    This is the one seam the real backend plugs into (it needs ``cache``'s model and SAE
-    adapters and intervention hooks); until then ``--live`` is refused with one clear line.
-    """
-    raise InputError("--live is not available in this build yet (no live model backend); serve without --live")
+    print("loading the study's model and SAEs for --live …", flush=True)
+    return StudyLiveModel(open_live(study), DirectionResult.load(study, run))

@@ -1,0 +1,75 @@
+"""The live backend of the web app on a tiny model: scores, streamed generation, edits."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cache.generation import greedy_generate
+from cache.pipeline import CacheConfig, run_cache
+from cache.sae import load_sae
+from explorer.live import open_live
+from explorer.live_model import StudyLiveModel
+from explorer.results import DirectionResult
+from store import Study
+from store.errors import InputError
+from tests.integration.test_cache_pipeline import HARMFUL, HARMLESS, tiny
+from tests.tiny_models import make_tiny_sae
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[StudyLiveModel, Path]:
+    tmp = tmp_path_factory.mktemp("live")
+    (tmp / "h.json").write_text(json.dumps(HARMFUL))
+    (tmp / "s.json").write_text(json.dumps(HARMLESS))
+    make_tiny_sae("topk", d_in=64, d_sae=128, layer=1).save_model(tmp / "sae")
+    loaded = tiny("qwen2")
+    path = run_cache(CacheConfig(harmful=tmp / "h.json", harmless=tmp / "s.json", layers=(1,), saes=(f"1={tmp / 'sae'}",),
+                                 out=tmp / "s.h5", device="cpu"), loaded=loaded, progress=False)
+    with Study(path) as study:
+        context = open_live(study, loaded=loaded, saes={1: load_sae(str(tmp / "sae"))})
+    return StudyLiveModel(context), path
+
+
+def test_baseline_score_is_the_cached_fast_score(setup) -> None:
+    model, path = setup
+    with Study(path) as study:
+        for index, text in enumerate(HARMFUL[:2]):
+            assert model.refusal_score(text, edits=[]) == pytest.approx(study.prompt(index).refusal_score, abs=1e-4)
+
+
+def test_streamed_generation_equals_greedy_generate(setup) -> None:
+    model, _ = setup
+    loaded = model.live.loaded
+    pieces = list(model.generate(HARMLESS[0], edits=[], max_new_tokens=6))
+    expected = greedy_generate(loaded.model, loaded.tokenizer, [loaded.adapter.encode(loaded.tokenizer, HARMLESS[0])], 6)[0]
+    assert "".join(pieces).rstrip() == expected
+
+
+def test_latent_edits_change_the_score_and_are_validated(setup) -> None:
+    model, _ = setup
+    baseline = model.refusal_score(HARMFUL[1], edits=[])
+    everything = list(range(128))
+    ablated = model.refusal_score(HARMFUL[1], edits=[{"layer": 1, "latents": everything, "mode": "ablate"}])
+    clamped = model.refusal_score(HARMFUL[1], edits=[{"layer": 1, "latents": [5], "mode": "clamp", "value": 50.0}])
+    assert abs(ablated - baseline) > 1e-3 and abs(clamped - baseline) > 1e-3
+    # an edit that changes nothing (scale by 1) leaves the score as it was: the error term is kept
+    same = model.refusal_score(HARMFUL[1], edits=[{"layer": 1, "latents": [5], "mode": "scale", "value": 1.0}])
+    assert same == pytest.approx(baseline, abs=1e-4)
+    with pytest.raises(InputError, match="no SAE for layer 3"):
+        model.refusal_score(HARMFUL[1], edits=[{"layer": 3, "latents": [1], "mode": "ablate"}])
+    with pytest.raises(InputError, match="analyze direction"):
+        model.refusal_score(HARMFUL[1], edits=[{"mode": "direction"}])
+
+
+def test_direction_edit_projects_the_direction_out(setup) -> None:
+    model, _ = setup
+    direction = np.zeros(64, np.float32)
+    direction[3] = 1.0
+    with_direction = StudyLiveModel(model.live, DirectionResult(
+        layer=1, position=-1, direction=direction, candidate_layer=np.array([1]), candidate_position=np.array([-1]),
+        refusal_drop=np.zeros(1, np.float32), kl=np.zeros(1, np.float32), induce=np.zeros(1, np.float32),
+        baseline_score=0.0, ablated_score=0.0))
+    baseline = with_direction.refusal_score(HARMFUL[0], edits=[])
+    assert with_direction.refusal_score(HARMFUL[0], edits=[{"mode": "direction"}]) != pytest.approx(baseline, abs=1e-4)
