@@ -177,6 +177,8 @@ class DormantResult(StageResult):
     position_offsets: np.ndarray  # int64 [m+1]: CSR into position/position_token
     position: np.ndarray  # int [total]: token positions where it fires when awake
     position_token: np.ndarray  # str [total]: those tokens (e.g. BOS, template tokens)
+    prompt: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
+    # int [m]: the prompt each row was measured on (its minimal set ablated); empty: not recorded
 
 
 RESULT_TYPES: tuple[type[StageResult], ...] = (

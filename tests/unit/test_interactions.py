@@ -1,0 +1,124 @@
+"""The FM stage on planted experiments, and FM scoring over cached codes (numba vs NumPy)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from explorer.fm import FMConfig
+from explorer.interactions import run_fm, score_cached_codes, score_design
+from explorer.kernels import build_index_map, fm_score_binary_csr_reference
+from explorer.results import ExperimentResult, FMResult
+from explorer.synthetic import SyntheticConfig, make_synthetic_study
+from store import Study
+from store.errors import InputError
+
+LAYER = 6
+
+
+@pytest.fixture(scope="module")
+def study_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_synthetic_study(tmp_path_factory.mktemp("fm") / "s.h5", SyntheticConfig(n_prompts=24, d_sae=400))
+
+
+def planted_experiments(m: int = 400, seed: int = 0) -> ExperimentResult:
+    """Responses of a known FM: latents 0 and 1 (columns) are redundant (the score only falls
+    when both are ablated), column 2 acts alone, the rest barely matter."""
+    rng = np.random.default_rng(seed)
+    latents = np.array([3, 17, 42, 101, 250, 5, 9, 60])
+    design = (rng.random((m, len(latents))) < 0.5).astype(np.int8)
+    design[0], design[1] = 0, 1
+    x = design.astype(float)
+    y = 2.0 - 1.5 * x[:, 2] - 3.0 * x[:, 0] * x[:, 1] + 0.05 * x[:, 3:].sum(1) + rng.normal(0, 0.05, m)
+    return ExperimentResult(
+        layer=LAYER, scheme="bernoulli(p=0.5)+all-on+all-off", latents=latents, in_minimal_set=np.arange(8) < 3,
+        design=design, response=y.astype(np.float32), prompts=np.array([0, 2]),
+    )
+
+
+def dense_fm(X: np.ndarray, fm: FMResult) -> np.ndarray:
+    """The FM's definition on dense rows, pair by pair (independent of the kernels)."""
+    w, V = fm.w.astype(np.float64), fm.V.astype(np.float64)
+    out = fm.w0 + X @ w
+    for i in range(len(w)):
+        for j in range(i + 1, len(w)):
+            out += (V[i] @ V[j]) * X[:, i] * X[:, j]
+    return out
+
+
+def test_fm_finds_the_planted_interaction_and_round_trips(study_path: Path) -> None:
+    experiments = planted_experiments()
+    result, summary = run_fm(experiments, FMConfig(rank=4, seed=0))
+    assert result.r2_holdout > 0.95 and result.r2_holdout > result.r2_linear_holdout + 0.1
+    a, b, value = result.top_pairs(1, "abs")[0]
+    assert {a, b} == {3, 17} and value == pytest.approx(-3.0, abs=0.3)
+    assert result.w[2] == pytest.approx(-1.5, abs=0.2)
+    share = dict(zip(result.latents.tolist(), result.interaction_share.tolist()))
+    assert share[3] > 0.6 and share[17] > 0.6 and share[42] < 0.3  # redundancy is an interaction
+    assert summary["kernel_max_error"] < 1e-4  # numba kernel on the design rows = the fit's predict
+    np.testing.assert_allclose(score_design(result, experiments.design), dense_fm(experiments.design.astype(float), result), atol=1e-4)
+    result.save(study_path, "planted", config={"rank": 4})
+    with Study(study_path) as study:
+        back = FMResult.load(study, "planted")
+    for name in ("latents", "w", "V", "interaction_share"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(result, name))
+    assert (back.w0, back.r2_train, back.r2_holdout, back.r2_linear_holdout) == (
+        result.w0, result.r2_train, result.r2_holdout, result.r2_linear_holdout,
+    )
+    assert back.top_pairs(3) == result.top_pairs(3)
+
+
+def test_too_few_experiments_is_a_one_line_input_error() -> None:
+    experiments = planted_experiments(m=3)
+    with pytest.raises(InputError, match="--n-experiments"):
+        run_fm(experiments, FMConfig())
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_cached_scores_equal_the_dense_reference(study_path: Path, binary: bool) -> None:
+    rng = np.random.default_rng(1)
+    latents = np.array([3, 17, 42, 101, 250, 7, 77, 399, 0])
+    fm = FMResult(
+        layer=LAYER, latents=latents, w0=0.7, w=rng.normal(0, 1, len(latents)).astype(np.float32),
+        V=rng.normal(0, 0.5, (len(latents), 3)).astype(np.float32), interaction_share=np.zeros(len(latents), np.float32),
+        r2_train=1.0, r2_holdout=1.0, r2_linear_holdout=1.0,
+    )
+    with Study(study_path) as study:
+        scores = score_cached_codes(study, fm, binary=binary)
+        small_blocks = score_cached_codes(study, fm, binary=binary, block_tokens=7)  # several prompts per block, and one per block
+        codes = study.codes(LAYER)
+        tokens, prompts = [], []
+        for p in range(study.n_prompts):
+            dense = codes.prompt_dense(p, latents)  # [n_tokens, n]
+            dense = (dense != 0).astype(float) if binary else dense.astype(float)
+            tokens.append(dense)
+            prompts.append(dense.max(0))
+        offsets = study.token_offsets
+    X_tokens, X_prompts = np.concatenate(tokens), np.stack(prompts)
+    assert X_tokens.any(1).sum() > 10 and (~X_tokens.any(1)).sum() > 0  # rows with and without FM latents
+    np.testing.assert_allclose(scores.token_score, dense_fm(X_tokens, fm), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(scores.prompt_score, dense_fm(X_prompts, fm), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(small_blocks.token_score, scores.token_score)
+    np.testing.assert_array_equal(small_blocks.prompt_score, scores.prompt_score)
+    assert scores.top_prompts(3)[0][1] == pytest.approx(scores.prompt_drive.max())
+    np.testing.assert_allclose(scores.token_drive(2), fm.w0 - scores.token_score[offsets[2] : offsets[3]])
+    if binary:  # and the vectorised NumPy reference of the kernel agrees on the same CSR
+        with Study(study_path) as study:
+            group = study.file[f"layers/{LAYER}/codes"]
+            n_tokens = int(offsets[-1])
+            indptr = group["indptr"][: n_tokens + 1]
+            reference = fm_score_binary_csr_reference(
+                indptr, group["indices"][: indptr[-1]], fm.w0, fm.w, fm.V, build_index_map(latents, 400),
+            )
+        np.testing.assert_allclose(scores.token_score, reference, rtol=1e-9, atol=1e-9)
+
+
+def test_scoring_rejects_an_fm_from_another_layer(study_path: Path) -> None:
+    fm = FMResult(
+        layer=8, latents=np.array([1]), w0=0.0, w=np.zeros(1, np.float32), V=np.zeros((1, 2), np.float32),
+        interaction_share=np.zeros(1, np.float32), r2_train=0.0, r2_holdout=0.0, r2_linear_holdout=0.0,
+    )
+    with Study(study_path) as study, pytest.raises(InputError, match="no SAE codes"):
+        score_cached_codes(study, fm)
