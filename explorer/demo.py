@@ -16,7 +16,8 @@ from store import Study
 
 # Budgets sized so the whole demo takes minutes on a 2-core CPU (see the issue notes for times).
 ANALYSIS_STEPS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("direction", ("--max-val-prompts", "12", "--verify-generate", "24")),
+    # each (layer, position) candidate costs a few forward passes of the held-out prompts
+    ("direction", ("--layers", "12,14,16,18", "--positions=-1", "--max-val-prompts", "10", "--verify-generate", "16")),
     ("candidates", ("--max-prompts", "12", "--ig-steps", "4")),
     ("greedy", ("--k", "32", "--max-prompts", "5", "--generate", "24")),
     ("experiments", ("--n-experiments", "48", "--max-other", "12", "--max-prompts", "2")),
@@ -27,7 +28,7 @@ ANALYSIS_STEPS: tuple[tuple[str, tuple[str, ...]], ...] = (
 
 def demo_layers(extra: Sequence[int]) -> tuple[int, ...]:
     """Layers cached by the demo: a sweep for the direction plus the packaged SAEs' layers."""
-    return tuple(sorted({8, 10, 12, 14, 16, *extra}))
+    return tuple(sorted({12, 14, 16, 18, *extra}))
 
 
 def run_demo(out: Path, *, overwrite: bool, generate: int, echo: Callable[[str], None] = click.echo) -> None:

@@ -1,0 +1,711 @@
+"""Train TopK SAEs on a model's residual stream, on a corpus that exists offline anywhere.
+
+Three stages, each cheap to rerun or resume:
+
+1. **Corpus** (deterministic, no downloads): chat-formatted prompts from the prompt files (a
+   held-out share of them measures quality), user-supplied text files, and docstrings of
+   installed Python packages read with ``ast`` (nothing is imported or executed), some of them
+   wrapped as chat turns so the template tokens appear in many contexts. Chunks hold at most
+   ``context`` tokens; a sha256 over the token ids identifies the corpus.
+2. **Activations**: one forward pass per batch that stops after the last requested layer,
+   every real (non-padding) token stored as float16 in an HDF5 file keyed by the corpus and
+   model (a file holding more layers serves any subset); a killed run continues where it
+   stopped.
+3. **Training** through sae-lens's ``SAETrainer`` fed from that file (TopK, aux-k loss for dead
+   latents), then held-out metrics and sae-lens's on-disk format with float16 weights.
+   Massive-norm tokens (each sequence's first token, ~100x the median norm, and a few chat
+   template tokens, ~10x) are rescaled to the median norm for training: left as they are,
+   they carry almost all of the squared error, and most latents die.
+
+The packaged SAEs of the embedded default model are listed by ``cache.default_saes``.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import math
+import random
+import shlex
+import sys
+import sysconfig
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from cache.adapters import n_layers
+from cache.forward import pad_left, pad_token_id
+from cache.interventions import capture_resid
+from cache.models import LoadedModel, load_model
+from cache.prompts import Prompt, demo_prompts, load_prompts, split_prompts
+from store.errors import InputError
+
+ACTIVATIONS_FORMAT = 1
+HOOK_NAME = "blocks.{layer}.hook_resid_post"
+#: A held-out token whose residual norm exceeds this multiple of the median counts as a
+#: massive activation (attention-sink first tokens, some template tokens) in the metrics.
+OUTLIER_NORM_FACTOR = 5.0
+MASSIVE_POLICIES = ("rescale", "drop", "keep")
+#: Training tokens sampled (with the held-out ones) to decide which latents are dead.
+DEAD_SAMPLE_TOKENS = 65_536
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainSAEConfig:
+    model: str = "default"
+    """'default' (the embedded model), a local directory, or a Hugging Face id in the local cache."""
+    layers: tuple[int, ...]
+    """Layers to train an SAE for (output of block L); one activation pass serves them all."""
+    out: Path
+    """Output directory; each SAE goes to ``out/layer_<L>/``."""
+    harmful: Path | None = None
+    """Harmful prompt file; None (with ``harmless``) = the built-in demo prompts."""
+    harmless: Path | None = None
+    """Harmless prompt file."""
+    harmful_column: str | None = None
+    """CSV column / JSON key of the harmful prompts (auto-detected when None)."""
+    harmless_column: str | None = None
+    """CSV column / JSON key of the harmless prompts."""
+    text_files: tuple[Path, ...] = ()
+    """Extra UTF-8 text files added to the corpus (before the docstrings)."""
+    doc_packages: tuple[str, ...] = ("stdlib", "numpy", "torch", "transformers")
+    """Installed packages whose docstrings fill the corpus ('stdlib' = Python's own library)."""
+    n_tokens: int = 100_000
+    """Training tokens to gather (prompts + text files + docstrings); held-out prompts extra."""
+    context: int = 128
+    """Longest chunk, in tokens."""
+    chat_fraction: float = 0.3
+    """Share of docstring chunks wrapped as a chat user turn (template tokens in context)."""
+    holdout_fraction: float = 0.25
+    """Share of each prompt label held out for the metrics (never trained on)."""
+    d_sae: int = 2048
+    """Number of latents."""
+    k: int = 32
+    """Active latents per token (TopK)."""
+    epochs: float = 6.0
+    """Passes over the training tokens."""
+    lr: float = 3e-3
+    """Adam learning rate (constant after a short warm-up, decayed over the last fifth); high
+    because these runs are short (hundreds of steps): 3e-3 beat 1e-3 on the default model."""
+    batch_size: int = 1024
+    """Training batch in tokens."""
+    dead_window_tokens: int = 50_000
+    """A latent silent for this many training tokens counts as dead for the aux-k loss."""
+    aux_k_coefficient: float = 1.0
+    """Weight of the aux-k loss that revives dead latents."""
+    massive_tokens: str = "rescale"
+    """Training treatment of massive-norm tokens (each sequence's first token and some template
+    tokens, 10-100x the median norm, which would otherwise dominate the MSE and starve the
+    other latents): 'rescale' them to the median norm (their directions are learnt, and TopK
+    codes grow with the input, so they still reconstruct), 'drop' them, or 'keep' them."""
+    forward_batch_size: int = 8
+    """Sequences per model forward pass."""
+    seed: int = 0
+    """Seeds the corpus order, the held-out split, the initialisation and the batch order."""
+    device: str = "auto"
+    """auto, cpu, cuda or cuda:N (model and SAE)."""
+    dtype: str = "auto"
+    """Model dtype: auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16."""
+    activations: Path | None = None
+    """The activation cache file; None = one per corpus under the project's cache dir
+    (``~/.cache/refusal-explorer/activations``), so a rerun continues or reuses it."""
+    overwrite: bool = False
+    """Replace SAEs already in ``out``."""
+
+    def __post_init__(self) -> None:
+        if not self.layers:
+            raise InputError("give at least one layer (--layers 12)")
+        if len(set(self.layers)) != len(self.layers) or any(layer < 0 for layer in self.layers):
+            raise InputError(f"--layers must be distinct non-negative integers, got {list(self.layers)}")
+        if (self.harmful is None) != (self.harmless is None):
+            raise InputError("give both --harmful and --harmless, or neither (for the built-in demo prompts)")
+        for path in self.text_files:
+            if not Path(path).is_file():
+                raise InputError(f"--text {path}: no such file")
+        if self.n_tokens < 1 or self.context < 8:
+            raise InputError("--tokens must be ≥ 1 and --context ≥ 8")
+        if not 0.0 <= self.chat_fraction <= 1.0 or not 0.0 < self.holdout_fraction < 1.0:
+            raise InputError("--chat-fraction must be in [0, 1] and --holdout-fraction in (0, 1)")
+        if self.d_sae < 1 or not 1 <= self.k <= self.d_sae:
+            raise InputError(f"need --d-sae ≥ 1 and 1 ≤ --k ≤ --d-sae (got d_sae={self.d_sae}, k={self.k})")
+        if not self.epochs > 0 or not self.lr > 0 or self.batch_size < 1 or self.forward_batch_size < 1:
+            raise InputError("--epochs and --lr must be > 0, --batch-size and --forward-batch-size ≥ 1")
+        if self.massive_tokens not in MASSIVE_POLICIES:
+            raise InputError(f"--massive-tokens must be one of {', '.join(MASSIVE_POLICIES)}, not {self.massive_tokens!r}")
+        if self.dead_window_tokens < 1 or self.aux_k_coefficient < 0:
+            raise InputError("--dead-window must be ≥ 1 token and the aux-k coefficient ≥ 0")
+
+    def activation_path(self, digest: str) -> Path:
+        """Where the activations of the corpus with sha256 ``digest`` are cached."""
+        if self.activations is not None:
+            return Path(self.activations)
+        from cache.default_model import cache_home
+
+        return cache_home() / "activations" / f"corpus-{digest[:16]}.h5"
+
+    def layer_dir(self, layer: int) -> Path:
+        return Path(self.out) / f"layer_{layer}"
+
+
+# --------------------------------------------------------------------------------------------
+# Corpus
+# --------------------------------------------------------------------------------------------
+
+#: Directories whose files are skipped when gathering docstrings (tests, vendored code).
+_SKIP_DIRS = frozenset({"test", "tests", "idle_test", "testing", "site-packages", "dist-packages", "__pycache__"})
+_MIN_DOC_CHARS = 40
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One model input of the corpus."""
+
+    token_ids: tuple[int, ...]
+    source: str
+    """prompt | text | doc | doc-chat"""
+    holdout: bool = False
+    """Held out of training; measures the SAE."""
+    n_post: int = 0
+    """Post-instruction template tokens at its end (chat-formatted segments only)."""
+    n_pre: int = 0
+    """Template tokens before the instruction (chat-formatted only; not part of the digest)."""
+
+
+def _doc_roots(packages: Sequence[str]) -> list[tuple[str, Path]]:
+    roots = []
+    for name in packages:
+        if name == "stdlib":
+            roots.append((name, Path(sysconfig.get_paths()["stdlib"])))
+            continue
+        try:
+            # find_spec of a top-level name locates the package without importing it
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None or not spec.submodule_search_locations:
+            raise InputError(f"--doc-packages: {name!r} is not an installed Python package")
+        roots.append((name, Path(sorted(spec.submodule_search_locations)[0])))
+    return roots
+
+
+def doc_sources(packages: Sequence[str]) -> dict[str, str]:
+    """The docstring sources and their versions (the corpus depends on them)."""
+    versions = {}
+    for name, _root in _doc_roots(packages):
+        if name == "stdlib" or name in sys.stdlib_module_names:
+            versions[name] = f"python {sys.version.split()[0]}"
+        else:
+            try:
+                versions[name] = importlib.metadata.version(name)
+            except importlib.metadata.PackageNotFoundError:
+                versions[name] = "unknown"
+    return versions
+
+
+def iter_docstrings(packages: Sequence[str], seed: int) -> Iterator[str]:
+    """Docstrings (module, class, function) of the packages' source files, read with ``ast``
+    (no code runs), de-duplicated. Files are sorted by package and relative path, then shuffled
+    with ``seed``, so the order is the same on every machine with the same versions."""
+    files = []
+    for name, root in _doc_roots(packages):
+        for path in root.rglob("*.py"):
+            relative = path.relative_to(root)
+            if not _SKIP_DIRS.intersection(relative.parts[:-1]):
+                files.append((name, relative.as_posix(), path))
+    files.sort(key=lambda item: (item[0], item[1]))
+    random.Random(seed).shuffle(files)
+    seen: set[bytes] = set()
+    for _name, _relative, path in files:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # invalid escapes etc. in old sources
+                tree = ast.parse(path.read_bytes())
+        except (OSError, SyntaxError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            if not isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            doc = ast.get_docstring(node, clean=True)
+            if not doc or len(doc) < _MIN_DOC_CHARS:
+                continue
+            key = hashlib.sha1(doc.encode("utf-8", "replace")).digest()
+            if key not in seen:
+                seen.add(key)
+                yield doc
+
+
+def _iter_text_files(paths: Sequence[Path]) -> Iterator[str]:
+    for path in paths:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise InputError(f"--text {path}: cannot be read as UTF-8 text ({error})") from None
+        for paragraph in text.split("\n\n"):
+            if paragraph.strip():
+                yield paragraph.strip()
+
+
+class _Packer:
+    """Packs token runs into chunks of at most ``context`` tokens (long runs are split)."""
+
+    def __init__(self, context: int, separator: list[int], source: str) -> None:
+        self.context, self.separator, self.source = context, separator, source
+        self.buffer: list[int] = []
+
+    def add(self, ids: list[int]) -> list[Segment]:
+        out = []
+        if self.buffer and len(self.buffer) + len(self.separator) + len(ids) > self.context:
+            out.append(self.flush())
+        if self.buffer:
+            ids = self.separator + ids
+        self.buffer.extend(ids)
+        while len(self.buffer) > self.context:
+            out.append(Segment(tuple(self.buffer[: self.context]), self.source))
+            self.buffer = self.buffer[self.context :]
+        return out
+
+    def flush(self) -> Segment:
+        segment = Segment(tuple(self.buffer), self.source)
+        self.buffer = []
+        return segment
+
+
+def build_corpus(loaded: LoadedModel, prompts: Sequence[Prompt], config: TrainSAEConfig) -> list[Segment]:
+    """The corpus, in a fixed order: chat-formatted prompts (``val`` ones held out), then the
+    text files, then docstrings until ``n_tokens`` training tokens (a ``chat_fraction`` of
+    the docstrings as chat user turns, the rest packed as plain text)."""
+    tokenizer, adapter = loaded.tokenizer, loaded.adapter
+    n_post = adapter.n_post_instruction(tokenizer)
+    marker = "Summarise the water cycle"
+    template = adapter.format(tokenizer, marker)
+    n_pre = len(tokenizer(template[: template.index(marker)], add_special_tokens=False)["input_ids"])
+
+    def tokens(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    segments = [Segment(tuple(adapter.encode(tokenizer, p.text)), "prompt", p.split == "val", n_post, n_pre)
+                for p in prompts]
+    budget = config.n_tokens - sum(len(s.token_ids) for s in segments if not s.holdout)
+    separator = tokens("\n\n")
+    texts = _Packer(config.context, separator, "text")
+    for paragraph in _iter_text_files(config.text_files):
+        if budget <= 0:
+            break
+        for segment in texts.add(tokens(paragraph)):
+            segments.append(segment)
+            budget -= len(segment.token_ids)
+    if texts.buffer and budget > 0:
+        budget -= len(texts.buffer)
+        segments.append(texts.flush())
+    if budget <= 0 or not config.doc_packages:
+        return segments
+    rng = random.Random(config.seed)
+    chat_room = config.context - len(adapter.encode(tokenizer, "")) - 2  # template tokens around the text
+    docs = _Packer(config.context, separator, "doc")
+    for doc in iter_docstrings(config.doc_packages, config.seed):
+        if budget <= 0:
+            break
+        ids = tokens(doc)
+        if chat_room >= 8 and rng.random() < config.chat_fraction:
+            chat = adapter.encode(tokenizer, tokenizer.decode(ids[:chat_room]).strip())
+            if len(chat) <= config.context:
+                segments.append(Segment(tuple(chat), "doc-chat", False, n_post, n_pre))
+                budget -= len(chat)
+            continue
+        for segment in docs.add(ids):
+            segments.append(segment)
+            budget -= len(segment.token_ids)
+    if docs.buffer and budget > 0:
+        segments.append(docs.flush())
+    return segments
+
+
+def corpus_digest(segments: Sequence[Segment]) -> str:
+    """sha256 over every segment's source, held-out flag and token ids, in order."""
+    digest = hashlib.sha256()
+    for s in segments:
+        digest.update(f"{s.source}|{int(s.holdout)}|{s.n_post}|{','.join(map(str, s.token_ids))}\n".encode())
+    return digest.hexdigest()
+
+
+def corpus_stats(segments: Sequence[Segment]) -> dict[str, Any]:
+    by_source: dict[str, dict[str, int]] = {}
+    for s in segments:
+        key = f"{s.source}-holdout" if s.holdout else s.source
+        entry = by_source.setdefault(key, {"segments": 0, "tokens": 0})
+        entry["segments"] += 1
+        entry["tokens"] += len(s.token_ids)
+    return {
+        "segments": len(segments),
+        "train_tokens": sum(len(s.token_ids) for s in segments if not s.holdout),
+        "holdout_tokens": sum(len(s.token_ids) for s in segments if s.holdout),
+        "by_source": by_source,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Activations
+# --------------------------------------------------------------------------------------------
+
+
+def _cache_key(loaded: LoadedModel, digest: str, dtype: torch.dtype) -> str:
+    return json.dumps({"format": ACTIVATIONS_FORMAT, "model": loaded.model_id, "revision": loaded.revision,
+                       "corpus": digest, "dtype": str(dtype)}, sort_keys=True)
+
+
+@torch.no_grad()
+def collect_activations(
+    loaded: LoadedModel, segments: Sequence[Segment], layers: Sequence[int], path: Path, *, digest: str,
+    batch_size: int = 8, progress: bool = True,
+) -> dict[str, float]:
+    """Write the residuals of every real token of ``segments`` at ``layers`` to ``path``.
+
+    Rows are in processing order (segments sorted by length, to waste little on padding) with
+    ``segment`` and ``position`` columns. An existing cache of the same corpus and model is
+    continued (or reused as is) when it holds all of ``layers``, and rebuilt otherwise. The committed row count is written after the data, so
+    a killed run resumes at the last whole batch. Returns timing stats.
+    """
+    model, tokenizer = loaded.model, loaded.tokenizer
+    d_model = int(model.config.hidden_size)
+    key = _cache_key(loaded, digest, next(model.parameters()).dtype)
+    order = sorted(range(len(segments)), key=lambda i: (len(segments[i].token_ids), i))
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode = "a" if path.exists() else "w"
+    with h5py.File(path, mode) as f:
+        stored = [int(x) for x in f.attrs.get("layers", [])]
+        # a cache of the same corpus that holds more layers serves a subset of them
+        reuse = f.attrs.get("key") == key and set(layers) <= set(stored)
+        wanted = stored if reuse else sorted(set(layers))
+        if not reuse:
+            for name in list(f.keys()):
+                del f[name]
+            f.attrs["key"] = key
+            f.attrs["layers"] = wanted
+            f.attrs["forward_seconds"] = 0.0
+            f.attrs["batches_done"] = 0
+            f.attrs["rows"] = 0
+            for layer in wanted:
+                f.create_dataset(f"layer_{layer}", (0, d_model), maxshape=(None, d_model), dtype="f2",
+                                 chunks=(min(1024, max(1, 4096 * 64 // d_model)), d_model))
+            for name in ("segment", "position"):
+                f.create_dataset(name, (0,), maxshape=(None,), dtype="i4", chunks=(4096,))
+        done, rows = int(f.attrs["batches_done"]), int(f.attrs["rows"])
+        for name in [f"layer_{layer}" for layer in wanted] + ["segment", "position"]:
+            f[name].resize(rows, axis=0)  # drop a half-written batch
+        pad_id = pad_token_id(tokenizer)
+        started = time.perf_counter()
+        total_tokens = sum(len(s.token_ids) for s in segments)
+        done_tokens = sum(len(segments[i].token_ids) for batch in batches[:done] for i in batch)
+        with tqdm(total=total_tokens, initial=done_tokens, unit="tok", unit_scale=True, desc="activations",
+                  disable=not progress) as bar:
+            for batch in batches[done:]:
+                ids = [list(segments[i].token_ids) for i in batch]
+                inputs = pad_left(ids, pad_id, model.device)
+                with capture_resid(model, wanted, stop=True) as captured:
+                    model(**inputs, use_cache=False)
+                width = inputs["input_ids"].shape[1]
+                mask = inputs["attention_mask"].bool()  # [batch, width]; left padding
+                n = int(mask.sum())
+                for layer in wanted:
+                    hidden = captured[layer][0]  # [batch, width, d_model]
+                    ds = f[f"layer_{layer}"]
+                    ds.resize(rows + n, axis=0)
+                    ds[rows:] = hidden[mask].float().cpu().numpy().astype(np.float16)
+                seg_col = np.concatenate([np.full(len(x), i, np.int32) for i, x in zip(batch, ids)])
+                pos_col = np.concatenate([np.arange(len(x), dtype=np.int32) for x in ids])
+                assert len(seg_col) == n and width >= max(len(x) for x in ids)
+                for name, column in (("segment", seg_col), ("position", pos_col)):
+                    f[name].resize(rows + n, axis=0)
+                    f[name][rows:] = column
+                rows += n
+                done += 1
+                f.attrs["rows"] = rows
+                f.attrs["batches_done"] = done
+                # wall time of every run that added rows, so a resumed cache reports its total
+                f.attrs["forward_seconds"] = float(f.attrs.get("forward_seconds", 0.0)) + time.perf_counter() - started
+                started = time.perf_counter()
+                f.flush()
+                bar.update(n)
+        seconds = float(f.attrs.get("forward_seconds", 0.0))
+    return {"layers_in_cache": list(wanted), "forward_seconds": round(seconds, 2), "forward_tokens": rows,
+            "forward_tokens_per_second": round(rows / seconds, 1) if rows and seconds > 0 else None}
+
+
+def _read_layer(path: Path, layer: int, segments: Sequence[Segment]) -> dict[str, np.ndarray]:
+    with h5py.File(path, "r") as f:
+        acts = f[f"layer_{layer}"][:]  # [rows, d_model] float16
+        segment, position = f["segment"][:], f["position"][:]
+    holdout = np.array([s.holdout for s in segments], bool)[segment]
+    n_post = np.array([s.n_post for s in segments], np.int32)[segment]
+    length = np.array([len(s.token_ids) for s in segments], np.int32)[segment]
+    n_pre = np.array([s.n_pre for s in segments], np.int32)[segment]
+    return {"acts": acts, "holdout": holdout, "position": position,
+            "post_instruction": (n_post > 0) & (position >= length - n_post),
+            "instruction": (n_post > 0) & (position >= n_pre) & (position < length - n_post)}
+
+
+# --------------------------------------------------------------------------------------------
+# Training and metrics
+# --------------------------------------------------------------------------------------------
+
+
+def training_rows(data: dict[str, np.ndarray], policy: str) -> tuple[torch.Tensor, int]:
+    """The training tokens [n, d] (float16) with massive-norm ones treated per ``policy``, and
+    how many were massive (the first token of a sequence, or norm > OUTLIER_NORM_FACTOR x the
+    median)."""
+    keep = ~data["holdout"]
+    acts = torch.from_numpy(data["acts"][keep])  # [n_train, d] float16
+    norms = torch.cat([chunk.float().norm(dim=-1) for chunk in acts.split(16384)])
+    median = norms.median()
+    massive = (norms > OUTLIER_NORM_FACTOR * median) | torch.from_numpy(data["position"][keep] == 0)
+    if policy == "drop":
+        acts = acts[~massive]
+    elif policy == "rescale":
+        acts = acts.clone()
+        acts[massive] = (acts[massive].float() * (median / norms[massive])[:, None]).half()
+    return acts, int(massive.sum())
+
+
+def _batches(acts: torch.Tensor, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
+    """Endless shuffled float32 batches [batch, d] from float16 rows, reshuffled each epoch."""
+    generator = torch.Generator().manual_seed(seed)
+    n = acts.shape[0]
+    step = min(batch_size, n)
+    while True:
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, n - step + 1, step):
+            yield acts[order[start : start + step]].float()
+
+
+def _train_one(config: TrainSAEConfig, layer: int, train: torch.Tensor, model_id: str, device: torch.device,
+               progress: bool) -> tuple[Any, dict[str, Any]]:
+    from sae_lens.saes.sae import SAEMetadata
+    from sae_lens.config import SAETrainerConfig
+    from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    d_in = int(train.shape[1])
+    torch.manual_seed(config.seed + layer)
+    sae_cfg = TopKTrainingSAEConfig(
+        d_in=d_in, d_sae=config.d_sae, k=config.k, dtype="float32", device=str(device),
+        # a constant rescale to norm sqrt(d_in), folded into the weights after training; the
+        # aux-k loss allows it (not layer norm)
+        normalize_activations="expected_average_only_in", aux_loss_coefficient=config.aux_k_coefficient,
+        metadata=SAEMetadata(model_name=model_id, hook_name=HOOK_NAME.format(layer=layer),
+                             context_size=config.context, prepend_bos=False),
+    )
+    sae = TopKTrainingSAE(sae_cfg)
+    total = int(config.epochs * train.shape[0])
+    steps = max(1, total // config.batch_size)
+    trainer_cfg = SAETrainerConfig(
+        total_training_samples=steps * config.batch_size, train_batch_size_samples=config.batch_size,
+        lr=config.lr, lr_end=config.lr, lr_scheduler_name="constant", lr_warm_up_steps=min(50, steps // 10),
+        lr_decay_steps=steps // 5, device=str(device),
+        dead_feature_window=max(1, config.dead_window_tokens // config.batch_size),
+        feature_sampling_window=10 * steps + 1,  # only a wandb logging window here
+        n_checkpoints=0, checkpoint_path=None, save_final_checkpoint=False,
+    )
+    trainer = SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=_batches(train, config.batch_size, config.seed + layer))
+    # Scale and decoder bias from the data itself rather than from a few trainer batches: the
+    # bias starts at the mean activation (in the scaled space the trainer works in).
+    sample = train[torch.randperm(train.shape[0], generator=torch.Generator().manual_seed(config.seed))[:20_000]].float()
+    scale = math.sqrt(d_in) / float(sample.norm(dim=-1).mean())
+    trainer.activation_scaler.scaling_factor = scale
+    with torch.no_grad():
+        sae.b_dec.copy_((sample.mean(0) * scale).to(sae.b_dec))
+    started = time.perf_counter()
+    import sae_lens.training.sae_trainer as trainer_module
+
+    if not progress:
+        trainer_module.tqdm = _silent_tqdm  # the trainer has no switch for its bar
+    try:
+        trainer.fit()
+    finally:
+        trainer_module.tqdm = tqdm
+    seconds = time.perf_counter() - started
+    info = {"steps": steps, "training_samples": steps * config.batch_size, "seconds": round(seconds, 2),
+            "tokens_per_second": round(steps * config.batch_size / seconds, 1), "activation_scale": scale,
+            "dead_feature_window_steps": trainer_cfg.dead_feature_window,
+            "lr_warm_up_steps": trainer_cfg.lr_warm_up_steps, "lr_decay_steps": trainer_cfg.lr_decay_steps,
+            "dead_at_end_of_training": int(trainer.dead_neurons.sum())}
+    return sae, info
+
+
+def _silent_tqdm(*args: Any, **kwargs: Any) -> Any:
+    return tqdm(*args, **{**kwargs, "disable": True})
+
+
+def _save_fp16(sae: Any, directory: Path) -> None:
+    """sae-lens's inference format (decoder-norm rescale folded) with float16 weights."""
+    from sae_lens import SAE
+
+    with tempfile.TemporaryDirectory() as tmp:
+        sae.save_inference_model(tmp)
+        inference = SAE.load_from_disk(tmp, device="cpu", dtype="float16")
+    inference.save_model(directory)
+
+
+def explained_variance(x: torch.Tensor, x_hat: torch.Tensor) -> float:
+    """1 − Σ‖x − x̂‖² / Σ‖x − mean(x)‖² over the rows of ``x`` [n, d]."""
+    if x.shape[0] < 2:
+        return float("nan")
+    residual = (x - x_hat).pow(2).sum()
+    total = (x - x.mean(0)).pow(2).sum()
+    return float(1.0 - residual / total)
+
+
+@torch.no_grad()
+def evaluate_sae(sae: Any, data: dict[str, np.ndarray], *, seed: int = 0) -> dict[str, Any]:
+    """Held-out metrics: explained variance (all tokens; without each sequence's first token;
+    without it and the other massive-norm tokens; the user's instruction tokens only; the
+    post-instruction template tokens only), L0, and dead latents (no activation on the
+    held-out tokens nor a training sample)."""
+    from cache.sae import decode, encode
+
+    holdout = torch.from_numpy(data["acts"][data["holdout"]]).float()  # [n_holdout, d]
+    codes = encode(sae, holdout)  # [n_holdout, d_sae]
+    recon = decode(sae, codes).float()
+    norms = holdout.norm(dim=-1)
+    position = torch.from_numpy(data["position"][data["holdout"]])
+    massive = norms > OUTLIER_NORM_FACTOR * norms.median()
+    ordinary = (position > 0) & ~massive
+    post = torch.from_numpy(data["post_instruction"][data["holdout"]])
+    instruction = torch.from_numpy(data["instruction"][data["holdout"]])
+    train_rows = np.flatnonzero(~data["holdout"])
+    rng = np.random.default_rng(seed)
+    sample_rows = np.sort(rng.choice(train_rows, size=min(DEAD_SAMPLE_TOKENS, len(train_rows)), replace=False))
+    fired = (codes != 0).any(0)
+    for start in range(0, len(sample_rows), 8192):
+        chunk = torch.from_numpy(data["acts"][sample_rows[start : start + 8192]]).float()
+        fired |= (encode(sae, chunk) != 0).any(0)
+    l0 = (codes != 0).sum(-1).float()
+    return {
+        "explained_variance": explained_variance(holdout, recon),
+        "explained_variance_without_first_token": explained_variance(holdout[position > 0], recon[position > 0]),
+        "explained_variance_ordinary_tokens": explained_variance(holdout[ordinary], recon[ordinary]),
+        "explained_variance_post_instruction": explained_variance(holdout[post], recon[post]),
+        "explained_variance_instruction_tokens": explained_variance(holdout[instruction], recon[instruction]),
+        "mse_per_token": float((holdout - recon).pow(2).sum(-1).mean()),
+        "l0": float(l0.mean()),
+        "l0_ordinary_tokens": float(l0[ordinary].mean()) if bool(ordinary.any()) else float("nan"),
+        "dead_fraction": float(1.0 - fired.float().mean()),
+        "dead_latents": int((~fired).sum()),
+        "d_sae": int(codes.shape[-1]),
+        "holdout_tokens": int(holdout.shape[0]),
+        "holdout_first_tokens": int((position == 0).sum()),
+        "holdout_massive_norm_tokens": int(massive.sum()),
+        "holdout_post_instruction_tokens": int(post.sum()),
+        "holdout_instruction_tokens": int(instruction.sum()),
+        "massive_norm_rule": f"norm > {OUTLIER_NORM_FACTOR:g} x median held-out norm",
+        "dead_sample_tokens": int(holdout.shape[0] + len(sample_rows)),
+        "median_norm": float(norms.median()),
+        "max_norm": float(norms.max()),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------------------------
+
+
+def _prompts(config: TrainSAEConfig) -> list[Prompt]:
+    if config.harmful is None:
+        harmful, harmless = demo_prompts()
+    else:
+        harmful = load_prompts(config.harmful, label="harmful", column=config.harmful_column)
+        harmless = load_prompts(config.harmless, label="harmless", column=config.harmless_column)
+    return split_prompts(harmful + harmless, holdout_fraction=config.holdout_fraction, seed=config.seed)
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as metadata
+
+    versions = {"python": sys.version.split()[0]}
+    for name in ("refusal-explorer", "torch", "transformers", "sae-lens", "numpy", "h5py"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def _check_outputs(config: TrainSAEConfig) -> None:
+    out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file; give a directory")
+    if not config.overwrite:
+        taken = [config.layer_dir(layer) for layer in config.layers if config.layer_dir(layer).exists()]
+        if taken:
+            raise InputError(f"{taken[0]} already exists; pass --overwrite to replace it")
+
+
+def train_saes(
+    config: TrainSAEConfig, *, loaded: LoadedModel | None = None, progress: bool = True,
+    command: Sequence[str] | None = None,
+) -> dict[int, dict[str, Any]]:
+    """Gather the corpus, cache activations, train one SAE per layer; returns metrics per layer.
+
+    ``loaded`` reuses a model in memory; ``command`` is recorded in ``training.json`` (default:
+    this process's argv).
+    """
+    wall = time.perf_counter()
+    _check_outputs(config)
+    prompts = _prompts(config)
+    loaded = loaded or load_model(config.model, device=config.device, dtype=config.dtype)
+    depth = n_layers(loaded.model)
+    bad = [layer for layer in config.layers if layer >= depth]
+    if bad:
+        raise InputError(f"layer {bad[0]} is out of range: {loaded.model_id} has {depth} layers (0-{depth - 1})")
+    started = time.perf_counter()
+    segments = build_corpus(loaded, prompts, config)
+    digest = corpus_digest(segments)
+    corpus_seconds = time.perf_counter() - started
+    stats = {**corpus_stats(segments), "doc_sources": doc_sources(config.doc_packages)}
+    if stats["holdout_tokens"] < 2:
+        raise InputError("the held-out prompts have fewer than 2 tokens; give more prompts or a larger --holdout-fraction")
+    activation_path = config.activation_path(digest)
+    forward = collect_activations(loaded, segments, config.layers, activation_path, digest=digest,
+                                  batch_size=config.forward_batch_size, progress=progress)
+    device = loaded.model.device
+    record_base = {
+        "command": shlex.join(list(command) if command is not None else sys.argv),
+        "config": {k: ([str(p) for p in v] if isinstance(v, tuple) and v and isinstance(v[0], Path)
+                       else str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
+        "model": loaded.model_id, "model_revision": loaded.revision, "corpus_sha256": digest,
+        "corpus": stats, "corpus_seconds": round(corpus_seconds, 2),
+        "activations": {**forward, "path": str(activation_path)},
+        "seed": config.seed, "versions": _versions(),
+    }
+    results: dict[int, dict[str, Any]] = {}
+    from cache.sae import load_sae
+
+    for layer in sorted(config.layers):
+        data = _read_layer(activation_path, layer, segments)
+        train, n_massive = training_rows(data, config.massive_tokens)  # [n_train, d] float16
+        sae, info = _train_one(config, layer, train, loaded.model_id, device, progress)
+        info.update(massive_tokens=config.massive_tokens, massive_train_tokens=n_massive)
+        directory = config.layer_dir(layer)
+        _save_fp16(sae, directory)
+        saved = load_sae(str(directory), d_model=int(loaded.model.config.hidden_size), n_layers=depth)
+        metrics = {"layer": layer, "hook_name": HOOK_NAME.format(layer=layer), "architecture": "topk",
+                   "k": config.k, **evaluate_sae(saved, data, seed=config.seed)}
+        (directory / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        record = {**record_base, "layer": layer, "training": info, "train_tokens": int(train.shape[0]),
+                  "wall_seconds": round(time.perf_counter() - wall, 2)}
+        (directory / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+        results[layer] = metrics
+        del train, data, sae
+    return results
