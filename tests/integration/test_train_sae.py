@@ -16,14 +16,8 @@ from click.testing import CliRunner
 from cache.adapters import ADAPTERS
 from cache.models import LoadedModel
 from cache.sae import layer_from_hook, load_sae
-from cache.train_sae import (
-    TrainSAEConfig,
-    _prompts,
-    build_corpus,
-    collect_activations,
-    corpus_digest,
-    train_saes,
-)
+from cache.sae_corpus import build_corpus, corpus_digest
+from cache.train_sae import TrainSAEConfig, _prompts, collect_activations, train_saes
 from explorer.train_cli import train_sae_command
 from tests.tiny_models import make_tiny_model
 from tests.tiny_tokenizers import make_tiny_tokenizer

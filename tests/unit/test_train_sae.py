@@ -12,15 +12,8 @@ from cache.adapters import ADAPTERS
 from cache.default_saes import default_sae_dirs, default_sae_specs
 from cache.models import LoadedModel
 from cache.sae import layer_from_hook, load_sae
-from cache.train_sae import (
-    TrainSAEConfig,
-    _Packer,
-    build_corpus,
-    corpus_digest,
-    corpus_stats,
-    explained_variance,
-    iter_docstrings,
-)
+from cache.sae_corpus import _Packer, build_corpus, corpus_digest, corpus_stats, iter_docstrings
+from cache.train_sae import TrainSAEConfig, explained_variance
 from cache.prompts import demo_prompts, split_prompts
 from store.errors import InputError
 from tests.tiny_tokenizers import make_tiny_tokenizer
