@@ -5,39 +5,15 @@ Registered on the main group by ``explorer.cli``; heavy imports happen inside th
 
 from __future__ import annotations
 
-import functools
-import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from store.errors import InputError
+from explorer.cli_support import int_list, one_line_errors
 
 
-def _friendly(command: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except InputError as error:
-            click.echo(f"error: {error}", err=True)
-            sys.exit(2)
-        except KeyboardInterrupt:
-            click.echo("\ninterrupted; cached activations are kept (rerun the same command to continue)", err=True)
-            sys.exit(130)
-    return wrapper
-
-
-def _int_list(text: str, option: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise InputError(f"{option} expects comma-separated integers such as 8,14, not {text!r}") from None
-    if not values:
-        raise InputError(f"{option} is empty; give e.g. {option} 12")
-    return values
+_friendly = one_line_errors("cached activations are kept (rerun the same command to continue)")
 
 
 def _canonical_command(ctx: click.Context) -> list[str]:
@@ -96,7 +72,7 @@ def train_sae_command(**options: Any) -> None:
     """Train TopK SAEs (sae-lens trainer) on an offline corpus; writes weights + metrics."""
     from cache.train_sae import TrainSAEConfig, train_saes
 
-    options["layers"] = _int_list(options["layers"], "--layers")
+    options["layers"] = int_list(options["layers"], "--layers")
     options["text_files"] = tuple(options["text_files"])
     options["doc_packages"] = tuple(p.strip() for p in options["doc_packages"].split(",") if p.strip())
     config = TrainSAEConfig(**options)
