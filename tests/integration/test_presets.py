@@ -148,7 +148,7 @@ def _direction_and_greedy(study: Path) -> None:
         return  # analysis commands not built yet: the cache stage above is the preset's part
     for args in (
         ["direction", str(study), "--device", "cpu", "--layers", "1", "--positions", "-1", "--max-val-prompts", "2"],
-        ["candidates", str(study), "--device", "cpu", "--ig-steps", "0", "--max-prompts", "4", "--top-k", "8"],
+        ["candidates", str(study), "--device", "cpu", "--ig-steps", "2", "--max-prompts", "4", "--top-k", "8"],
         ["greedy", str(study), "--device", "cpu", "--k", "8", "--prompts", "0,1", "--generate", "0", "--threshold", "-50"],
     ):
         result = CliRunner().invoke(analyze_group, args, catch_exceptions=False)
