@@ -7,43 +7,28 @@ interrupted cache says how to resume. Heavy imports (torch, the apps) happen ins
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
+from cache.presets import PRESETS
+from explorer.analyze_cli import analyze_group
+from explorer.stage3_cli import register as register_stage3
+from explorer.train_cli import train_sae_command
+from explorer.cli_support import int_list, one_line_errors
 from store.errors import InputError
 
 DEMO_STUDY = Path("studies/demo.h5")
-DEMO_LAYERS = (8, 12, 16)
 
 
-def _friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except InputError as error:
-            click.echo(f"error: {error}", err=True)
-            sys.exit(2)
-        except KeyboardInterrupt:
-            click.echo("\ninterrupted; committed work is kept (continue with --resume)", err=True)
-            sys.exit(130)
-    return wrapper
+_friendly_errors = one_line_errors("committed work is kept (continue with --resume)")
 
 
 def parse_layers(text: str) -> tuple[int, ...]:
-    try:
-        layers = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise InputError(f"--layers expects comma-separated integers such as 6,12, not {text!r}") from None
-    if not layers:
-        raise InputError("--layers is empty; give e.g. --layers 6,12")
-    return layers
+    return int_list(text, "--layers")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -59,36 +44,87 @@ def cli() -> None:
 
 
 @cli.command("cache")
+@click.option("--preset", type=click.Choice(list(PRESETS)), help="A paper setup: model id, refusal token, layers (key layer + sweep), SAEs, bf16 and a batch size for the GPU. Explicit options override it.")
 @click.option("--model", default="default", show_default=True, help="'default' (embedded Qwen2.5-Coder-0.5B-Instruct), a local directory, or a Hugging Face id already in the local cache.")
 @click.option("--harmful", type=click.Path(path_type=Path), help="Harmful prompts: .json, .jsonl, .csv or .txt. Omit both files for the built-in demo set.")
 @click.option("--harmless", type=click.Path(path_type=Path), help="Harmless prompts, same formats.")
 @click.option("--harmful-column", help="CSV column / JSON key of the harmful prompts (default: auto-detect).")
 @click.option("--harmless-column", help="CSV column / JSON key of the harmless prompts.")
 @click.option("--max-prompts", type=int, help="Use at most this many prompts of each label.")
-@click.option("--layers", required=True, help="Comma-separated layers to cache, e.g. 6,12 (layer L = output of block L).")
+@click.option("--layers", help="Comma-separated layers to cache, e.g. 6,12 (layer L = output of block L); required without --preset.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Study file (.h5) to write.")
 @click.option("--positions", type=click.Choice(["post-instruction", "all"]), default="post-instruction", show_default=True, help="Cache residuals at the end-of-instruction template tokens, or at every token.")
 @click.option("--generate", type=int, default=0, show_default=True, help="Greedy-generate N tokens per prompt and detect refusals by phrase.")
 @click.option("--sae", "saes", multiple=True, help="SAE for a layer: LAYER=RELEASE:SAE_ID or LAYER=DIR (repeatable); codes are cached at every token.")
+@click.option("--sae-layers", help="With --preset: layers that get the preset's SAE, e.g. 12,16, or 'none' (default: its key layer).")
+@click.option("--sae-width", help="With --preset: SAE width, 16k or 65k (Gemma Scope), 32k or 128k (Llama Scope).")
 @click.option("--refusal-tokens", help="Comma-separated first tokens that count as refusal (default: the model family's, e.g. I).")
 @click.option("--refusal-threshold", type=float, default=-1.0, show_default=True, help="Fast-score log-odds above which a prompt counts as refused.")
 @click.option("--refusal-phrases", type=click.Path(path_type=Path), help="Text file of refusal phrases, one per line, for the generation detector.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--dtype", default="auto", show_default=True, help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16.")
-@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--batch-size", type=int, default=8, show_default=True, help="Prompts per forward pass (a preset picks it from the GPU's memory).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted study file.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing study file.")
+@click.option("--preflight-only", is_flag=True, help="Only check that model, SAEs, GPU memory and disk suffice, and print the estimates.")
+@click.option("--no-preflight", is_flag=True, help="Skip the pre-flight check (its estimates are rough upper bounds).")
 @_friendly_errors
 def cache_command(**options: Any) -> None:
-    """Run the model over harmful and harmless prompts and write a study file."""
-    from cache.pipeline import CacheConfig, run_cache
+    """Run the model over harmful and harmless prompts and write a study file.
 
-    options["layers"] = parse_layers(options["layers"])
+    \b
+    Under torchrun (torchrun --nproc-per-node N -m explorer.cli cache ...), each process caches
+    a shard of the prompts into OUT.rankR-of-N.h5 and rank 0 merges them into OUT.
+    """
+    from click.core import ParameterSource
+
+    from cache import presets
+    from cache.distributed import rank_device, run_distributed, torchrun_rank
+    from cache.pipeline import CacheConfig, run_cache
+    from cache.preflight import run_preflight
+
+    context = click.get_current_context()
+    explicit = {name for name in options if context.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)}
+    preset, sae_width, preflight_only, no_preflight = (options.pop(k) for k in ("preset", "sae_width", "preflight_only", "no_preflight"))
+    sae_layers = options.pop("sae_layers")
+    if preflight_only and no_preflight:
+        raise InputError("--preflight-only and --no-preflight exclude each other")
+    options["layers"] = parse_layers(options["layers"]) if options["layers"] is not None else ()
     options["saes"] = tuple(options["saes"])
     tokens = options.pop("refusal_tokens")
     options["refusal_tokens"] = tuple(t.strip() for t in tokens.split(",")) if tokens else None
-    path = run_cache(CacheConfig(**options))
-    _print_summary(path)
+    rank = torchrun_rank()
+    gpu = presets.gpu_memory(rank_device(options["device"], rank.local_rank) if rank else options["device"]) if preset else None
+    options = presets.apply_preset(
+        preset, options, explicit, sae_width=sae_width, gpu_total_bytes=gpu[1] if gpu else None,
+        sae_layers=None if sae_layers is None else () if sae_layers.strip().lower() == "none" else parse_layers(sae_layers),
+    )
+    config = CacheConfig(**options)
+    if rank is not None:
+        path = run_distributed(config, rank, preflight=not no_preflight, preflight_only=preflight_only, echo=click.echo)
+    else:
+        if not no_preflight:
+            click.echo(run_preflight(config).table())
+        path = None if preflight_only else run_cache(config)
+    if path is not None:
+        _print_summary(path)
+
+
+@cli.command("merge")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.argument("shards", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--overwrite", is_flag=True, help="Replace an existing OUT.")
+@_friendly_errors
+def merge_command(out: Path, shards: tuple[Path, ...], overwrite: bool) -> None:
+    """Join shard files OUT.rankR-of-N.h5 (from a torchrun cache) into the study OUT.
+
+    Needed only when the ranks ran on machines without a shared disk: copy every shard to one
+    machine first. The result equals a single-process run; the shards are left in place.
+    """
+    from store.merge import merge_shards
+
+    merge_shards(out, list(shards), overwrite=overwrite)
+    _print_summary(out)
 
 
 @cli.command("info")
@@ -142,13 +178,12 @@ def setup_model_command() -> None:
 def demo_command(out: Path, overwrite: bool, generate: int) -> None:
     """The whole pipeline on the embedded default model and the built-in prompts.
 
-    Resumes an interrupted demo study; a finished one is summarised, not rebuilt.
+    Caches the prompts with the packaged SAEs, then runs every analysis stage on small budgets.
+    Steps already in the study are skipped, so an interrupted demo continues where it stopped.
     """
-    from cache.pipeline import CacheConfig, run_cache
+    from explorer.demo import run_demo
 
-    resume = out.exists() and not overwrite
-    config = CacheConfig(layers=DEMO_LAYERS, out=out, generate=generate, resume=resume, overwrite=overwrite)
-    run_cache(config)
+    run_demo(out, overwrite=overwrite, generate=generate)
     _print_summary(out)
     click.echo(f"\nbrowse it: refusal-explorer tui {out}   or   refusal-explorer web {out}")
 
@@ -177,6 +212,11 @@ def web_command(study: Path, host: str, port: int, share: bool, live: bool, run:
     import app_web
 
     app_web.serve(study, host=host, port=port, share=share, live=live, run=run)
+
+
+register_stage3(analyze_group)
+cli.add_command(analyze_group, "analyze")
+cli.add_command(train_sae_command, "train-sae")
 
 
 def main() -> None:

@@ -1,0 +1,277 @@
+"""Stage 2: greedy filtering to a minimal latent set whose ablation flips refusal (Paper A).
+
+Per refused harmful prompt (and optionally jointly over all of them):
+
+1. Start from the top-K candidates (by cosine, attribution or IG; by default only latents
+   active on the prompt). If ablating all K does not push the refusal score below the
+   threshold, the search stops there and says so (``start_score`` ≥ ``threshold``).
+2. Backward elimination. At each step every single removal ``S \\ {i}`` is scored in one
+   batched ``AblationEvaluator`` call, and one latent is dropped (ascending order starts with
+   a prefix pass, see ``search``):
+   * ``ascending``: the latent whose removal raises the score least (ascending effect),
+     provided the flip still holds;
+   * ``thresholded`` (Paper A): as ascending, but a latent whose removal changes p(refusal
+     token) by more than ``p_threshold`` is kept even if the flip would still hold.
+   The search ends when no latent can be dropped: every remaining latent is needed.
+3. The final set is verified by greedy generation with it ablated and the phrase detector.
+
+For a joint search the flip must hold on every prompt, and scores are prompt means.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from cache.generation import greedy_generate
+from cache.interventions import RowMaskEdit, sae_edits
+from explorer.candidates import top_latents
+from explorer.evaluate import AblationEvaluator, EvaluatorConfig
+from explorer.live import LiveContext, prompt_token_ids, select_prompts
+from explorer.results import CandidateResult, GreedyResult
+from store import Study
+from store.errors import InputError
+
+Order = Literal["ascending", "thresholded"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class GreedyConfig:
+    layer: int
+    """The SAE layer whose latents are ablated."""
+    k: int = 32
+    """Candidates the search starts from."""
+    ranking: Literal["cosine", "attribution", "integrated_gradients"] = "cosine"
+    """Which candidate ranking picks the top K."""
+    active_only: bool = True
+    """Pick the top K among latents active on the prompt(s) (ablating a silent latent does nothing)."""
+    order: Order = "ascending"
+    """Elimination rule (see the module docstring)."""
+    p_threshold: float = 0.01
+    """thresholded: a latent stays if removing it changes p(refusal token) by more than this."""
+    threshold: float | None = None
+    """Refusal score (log-odds) below which a prompt counts as flipped (None = the study's)."""
+    prompts: tuple[int, ...] | None = None
+    """Prompts to search (None = harmful prompts the fast score calls refused)."""
+    max_prompts: int = 8
+    """At most this many prompts (the first ones)."""
+    joint: bool = False
+    """Also search one set that must flip every prompt at once (appended as the last set)."""
+    generate: int = 24
+    """Tokens generated to verify each final set (0 = no verification)."""
+    max_batch: int = 32
+    """Rows per batched forward from layer L."""
+    prefix_pass: bool = True
+    """ascending: drop the longest flipping prefix of the single-removal ranking in two
+    batched forwards before eliminating step by step (same kind of result, far fewer steps)."""
+
+    def __post_init__(self) -> None:
+        if self.k < 1 or self.max_prompts < 1 or self.max_batch < 1 or self.generate < 0:
+            raise InputError("--k, --max-prompts and --max-batch must be ≥ 1, --generate ≥ 0")
+        if self.order not in ("ascending", "thresholded"):
+            raise InputError(f"--order must be ascending or thresholded, not {self.order!r}")
+        if self.ranking not in ("cosine", "attribution", "integrated_gradients"):
+            raise InputError(f"--ranking must be cosine, attribution or integrated_gradients, not {self.ranking!r}")
+        if not 0 <= self.p_threshold <= 1:
+            raise InputError("--p-threshold must be within [0, 1]")
+
+
+@dataclass
+class SearchTrace:
+    """One search: the start set, the final set and every step in between."""
+
+    prompts: list[int]  # evaluator prompt indices the flip must hold on
+    start: list[int]
+    final: list[int]
+    baseline: float  # mean score, nothing ablated
+    start_score: float
+    final_score: float
+    start_flips: bool
+    sizes: list[int] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    removed: list[int] = field(default_factory=list)
+    prefix_removed: int = 0  # latents dropped by the prefix pass (ascending order)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.asarray(x, np.float64)))
+
+
+def search(
+    ev: AblationEvaluator, prompts: Sequence[int], start: Sequence[int], *, threshold: float, order: Order, p_threshold: float = 0.01,
+    prefix_pass: bool = True,
+) -> SearchTrace:
+    """Backward elimination from ``start`` on evaluator prompts ``prompts`` (flip on all).
+
+    ``prefix_pass`` (ascending order): first rank the start set by the effect of each single
+    removal (one batch), then score every prefix of that ranking removed together (one more
+    batch) and drop the longest prefix whose every step keeps the flip: the one-pass "remove
+    in ascending order of individual effect" search in two forwards. The step-by-step
+    elimination then continues from there, so the final set is still 1-minimal.
+    """
+    prompts = [int(p) for p in prompts]
+    current = [int(i) for i in start]
+    baseline = float(ev.baseline[prompts].mean())
+    now = ev.scores_of_sets([current], prompts)[0]  # [P]
+    trace = SearchTrace(
+        prompts=prompts, start=list(current), final=list(current), baseline=baseline, start_score=float(now.mean()),
+        final_score=float(now.mean()), start_flips=bool((now < threshold).all()),
+    )
+    trace.sizes.append(len(current))
+    trace.scores.append(float(now.mean()))
+    trace.removed.append(-1)
+    if not trace.start_flips:
+        return trace
+    if order == "ascending" and prefix_pass and len(current) > 1:
+        current, now = _prefix_pass(ev, prompts, current, now, threshold, trace)
+    while current:
+        trial = ev.scores_of_sets([[j for j in current if j != i] for i in current], prompts)  # [|S|, P]
+        ok = (trial < threshold).all(axis=1)
+        if order == "thresholded":
+            change = np.abs(_sigmoid(trial) - _sigmoid(now)[None]).mean(axis=1)
+            ok &= change <= p_threshold
+        if not ok.any():
+            break
+        pick = int(np.where(ok, trial.mean(axis=1), np.inf).argmin())
+        trace.removed.append(current.pop(pick))
+        now = trial[pick]
+        trace.sizes.append(len(current))
+        trace.scores.append(float(now.mean()))
+    trace.final, trace.final_score = list(current), float(now.mean())
+    return trace
+
+
+def _prefix_pass(
+    ev: AblationEvaluator, prompts: list[int], current: list[int], now: np.ndarray, threshold: float, trace: SearchTrace,
+) -> tuple[list[int], np.ndarray]:
+    single = ev.scores_of_sets([[j for j in current if j != i] for i in current], prompts)  # [|S|, P]
+    ordered = [current[i] for i in np.argsort(single.mean(axis=1), kind="stable")]
+    prefixes = ev.scores_of_sets([ordered[m:] for m in range(1, len(ordered))], prompts)  # [|S|-1, P]
+    flips = (prefixes < threshold).all(axis=1)
+    keep_going = int(np.argmin(flips)) if not flips.all() else len(flips)  # leading run of flips
+    for m in range(keep_going):
+        trace.removed.append(ordered[m])
+        trace.sizes.append(len(ordered) - m - 1)
+        trace.scores.append(float(prefixes[m].mean()))
+    trace.prefix_removed = keep_going
+    if keep_going == 0:
+        return current, now
+    kept = set(ordered[keep_going:])
+    return [i for i in current if i in kept], prefixes[keep_going - 1]
+
+
+def verify(
+    live: LiveContext, layer: int, token_ids: Sequence[Sequence[int]], latent_sets: Sequence[Sequence[int]], max_new_tokens: int,
+    batch: int = 8,
+) -> tuple[list[str], list[str], list[bool]]:
+    """Greedy generations without and with each row's latents ablated (every position, the
+    generated tokens too), and whether the ablated one complies per the phrase detector."""
+    sae = live.sae(layer)
+    d_sae = int(sae.cfg.d_sae)
+    before, after = [], []
+    for start in range(0, len(token_ids), batch):
+        chunk = [list(t) for t in token_ids[start : start + batch]]
+        sets = latent_sets[start : start + batch]
+        mask = torch.zeros(len(chunk), d_sae, dtype=torch.bool)
+        for row, latents in enumerate(sets):
+            mask[row, [int(i) for i in latents]] = True
+        before += greedy_generate(live.model, live.loaded.tokenizer, chunk, max_new_tokens)
+        with sae_edits(live.model, {layer: sae}, [RowMaskEdit(layer=layer, mask=mask)]):
+            after += greedy_generate(live.model, live.loaded.tokenizer, chunk, max_new_tokens)
+    complies = [not live.detector.is_refusal(text) for text in after]
+    return before, after, complies
+
+
+def run_greedy(
+    study: Study, live: LiveContext, candidates: CandidateResult, config: GreedyConfig, *, progress: bool = True,
+) -> tuple[GreedyResult, dict[str, Any]]:
+    """Search every chosen prompt (and the joint set); returns the result and a summary."""
+    if candidates.layer != config.layer:
+        raise InputError(f"the candidates were ranked at layer {candidates.layer}, not {config.layer}; run analyze candidates --layer {config.layer}")
+    threshold = live.refusal_threshold if config.threshold is None else float(config.threshold)
+    if config.prompts is not None:
+        chosen = [int(p) for p in config.prompts]
+        bad = [p for p in chosen if not 0 <= p < study.n_prompts]
+        if bad:
+            raise InputError(f"prompt {bad[0]} is out of range (the study has {study.n_prompts})")
+    else:
+        chosen = select_prompts(study, label="harmful", refused=True)
+    chosen = chosen[: config.max_prompts]
+    if not chosen:
+        raise InputError("no refused harmful prompts to search (by the study's fast score); pass --prompts")
+    token_ids = prompt_token_ids(study, chosen)
+    ev = AblationEvaluator.from_live(live, token_ids, EvaluatorConfig(layer=config.layer, max_batch=config.max_batch))
+    refused = [p for p in range(len(chosen)) if ev.baseline[p] > threshold]
+    if not refused:
+        raise InputError(f"none of the chosen prompts is refused (score > {threshold:g}) by the live model")
+    groups = [[p] for p in refused] + ([refused] if config.joint and len(refused) > 1 else [])
+    traces = []
+    for group in tqdm(groups, desc=f"greedy ({config.order})", unit="set", disable=not progress):
+        active = ev.active_latents(group[0]) if len(group) == 1 else ev.active_latents()
+        start = top_latents(candidates, config.ranking, config.k, allowed=active if config.active_only else None)
+        traces.append(search(
+            ev, group, start, threshold=threshold, order=config.order, p_threshold=config.p_threshold, prefix_pass=config.prefix_pass,
+        ))
+    flipped = np.full(len(traces), -1, np.int8)
+    base_gen, abl_gen = [""] * len(traces), [""] * len(traces)
+    if config.generate:
+        rows = [(s, p) for s, t in enumerate(traces) if t.start_flips for p in t.prompts]
+        before, after, complies = verify(
+            live, config.layer, [token_ids[p] for _s, p in rows], [traces[s].final for s, _p in rows], config.generate,
+        )
+        for s, t in enumerate(traces):
+            mine = [r for r, (set_index, _p) in enumerate(rows) if set_index == s]
+            if mine:
+                flipped[s] = int(all(complies[r] for r in mine))
+                base_gen[s], abl_gen[s] = before[mine[0]], after[mine[0]]
+    result = _result(traces, chosen, config, threshold, flipped, base_gen, abl_gen, joint=len(groups) > len(refused))
+    return result, _summary(traces, result, ev, chosen)
+
+
+def _result(
+    traces: list[SearchTrace], chosen: list[int], config: GreedyConfig, threshold: float, flipped: np.ndarray,
+    base_gen: list[str], abl_gen: list[str], *, joint: bool,
+) -> GreedyResult:
+    sets = [np.asarray(sorted(t.final), np.int64) for t in traces]
+    return GreedyResult(
+        layer=config.layer, k=config.k, threshold=threshold, order=config.order,
+        prompt=np.array([chosen[t.prompts[0]] for t in traces], np.int64),
+        set_offsets=np.concatenate([[0], np.cumsum([len(s) for s in sets])]).astype(np.int64),
+        set_latents=np.concatenate(sets) if sets else np.zeros(0, np.int64),
+        baseline_score=np.array([t.baseline for t in traces], np.float32),
+        start_score=np.array([t.start_score for t in traces], np.float32),
+        final_score=np.array([t.final_score for t in traces], np.float32),
+        flipped=flipped, baseline_generation=np.array(base_gen, dtype=object), ablated_generation=np.array(abl_gen, dtype=object),
+        trajectory_offsets=np.concatenate([[0], np.cumsum([len(t.sizes) for t in traces])]).astype(np.int64),
+        trajectory_size=np.concatenate([t.sizes for t in traces]).astype(np.int64),
+        trajectory_score=np.concatenate([t.scores for t in traces]).astype(np.float32),
+        trajectory_removed=np.concatenate([t.removed for t in traces]).astype(np.int64),
+        joint_prompts=np.array([chosen[p] for p in traces[-1].prompts], np.int64) if joint else np.zeros(0, np.int64),
+    )
+
+
+def _summary(traces: list[SearchTrace], result: GreedyResult, ev: AblationEvaluator, chosen: list[int]) -> dict[str, Any]:
+    found = [t for t in traces if t.start_flips and len(t.prompts) == 1]
+    finals = [set(t.final) for t in found]
+    pairs = [len(a & b) / max(1, len(a | b)) for i, a in enumerate(finals) for b in finals[i + 1 :]]
+    counts: dict[int, int] = {}
+    for s in finals:
+        for latent in s:
+            counts[latent] = counts.get(latent, 0) + 1
+    return {
+        "prompts": [chosen[t.prompts[0]] for t in traces if len(t.prompts) == 1],
+        "searched": sum(len(t.prompts) == 1 for t in traces), "start_flips": len(found),
+        "no_flip_at_k": [chosen[t.prompts[0]] for t in traces if not t.start_flips and len(t.prompts) == 1],
+        "sizes": [len(t.final) for t in found],
+        "verified": int((result.flipped == 1).sum()), "verified_fail": int((result.flipped == 0).sum()),
+        "mean_jaccard": float(np.mean(pairs)) if pairs else float("nan"),
+        "shared_latents": sorted((latent for latent, n in counts.items() if n > 1), key=lambda latent: -counts[latent])[:10],
+        "joint_size": len(traces[-1].final) if len(traces[-1].prompts) > 1 and traces[-1].start_flips else None,
+        "joint_start_flips": traces[-1].start_flips if len(traces[-1].prompts) > 1 else None,
+        "forwards_from_layer": ev.n_forwards, "rows": ev.n_rows, "prepare_forwards": ev.n_prepare_forwards,
+    }
