@@ -100,7 +100,9 @@ def open_live(
     meta = study.meta
     config: dict[str, Any] = meta.config
     if loaded is None:
-        loaded = load_model(str(config.get("model", "default")), device=device, dtype=str(config.get("dtype", "auto")))
+        if "model" not in config:
+            raise InputError(f"{study.path} does not record the model that made it; only studies written by `refusal-explorer cache` can be analysed live")
+        loaded = load_model(str(config["model"]), device=device, dtype=str(config.get("dtype", "auto")))
     if check_identity and loaded.model_id != meta.model_id:
         raise InputError(
             f"this study was cached with {meta.model_id}, but {loaded.model_id} is loaded; analyse it with the same model"

@@ -60,7 +60,7 @@ def test_main_rejects_unknown_run_port_and_live(study_path: Path, capsys: pytest
     assert app_web.main([str(study_path), "--max-new-tokens", "0"]) == 2
     assert "live limits must be positive" in capsys.readouterr().err
     assert app_web.main([str(study_path), "--live"]) == 2
-    assert "--live is not available" in capsys.readouterr().err
+    assert "does not record the model that made it" in capsys.readouterr().err
 
 
 def test_callbacks_do_not_need_gradio() -> None:
