@@ -110,7 +110,8 @@ def gather_prompts(config: CacheConfig) -> list[Prompt]:
     return split_prompts(chosen, holdout_fraction=config.holdout_fraction, seed=config.seed)
 
 
-def _versions() -> dict[str, str]:
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that shape a result, recorded beside it."""
     import importlib.metadata as metadata
 
     versions = {"python": sys.version.split()[0]}
@@ -192,7 +193,7 @@ def run_cache(
         sae_arrays=sae_arrays,
         identity=config.identity(digest, loaded.model_id, loaded.revision) | shard_identity,
         config={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
-        refusal_threshold=config.refusal_threshold, versions=_versions(),
+        refusal_threshold=config.refusal_threshold, versions=package_versions(),
     )
     writer = StudyWriter.resume(config.out, spec) if config.resume else StudyWriter.create(config.out, spec, overwrite=config.overwrite)
     with writer:

@@ -43,6 +43,7 @@ from cache.forward import pad_left, pad_token_id
 from cache.interventions import capture_resid
 from cache.models import LoadedModel, load_model
 from cache.prompts import Prompt, demo_prompts, load_prompts, split_prompts
+from cache.pipeline import package_versions
 from cache.sae_corpus import Segment, build_corpus, corpus_digest, corpus_stats, doc_sources
 from store.errors import InputError
 
@@ -428,18 +429,6 @@ def _prompts(config: TrainSAEConfig) -> list[Prompt]:
     return split_prompts(harmful + harmless, holdout_fraction=config.holdout_fraction, seed=config.seed)
 
 
-def _versions() -> dict[str, str]:
-    import importlib.metadata as metadata
-
-    versions = {"python": sys.version.split()[0]}
-    for name in ("refusal-explorer", "torch", "transformers", "sae-lens", "numpy", "h5py"):
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return versions
-
-
 def _check_outputs(config: TrainSAEConfig) -> None:
     out = Path(config.out)
     if out.exists() and not out.is_dir():
@@ -485,7 +474,7 @@ def train_saes(
         "model": loaded.model_id, "model_revision": loaded.revision, "corpus_sha256": digest,
         "corpus": stats, "corpus_seconds": round(corpus_seconds, 2),
         "activations": {**forward, "path": str(activation_path)},
-        "seed": config.seed, "versions": _versions(),
+        "seed": config.seed, "versions": package_versions(),
     }
     results: dict[int, dict[str, Any]] = {}
     from cache.sae import load_sae

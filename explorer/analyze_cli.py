@@ -7,43 +7,22 @@ config) and prints a short summary. User mistakes are one line on stderr and exi
 
 from __future__ import annotations
 
-import functools
 import math
-import sys
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import click
 
+from explorer.cli_support import int_list, one_line_errors
 from store.errors import InputError
 
 
-def _one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except InputError as error:
-            click.echo(f"error: {error}", err=True)
-            sys.exit(2)
-        except KeyboardInterrupt:
-            click.echo("\ninterrupted; nothing was written for this stage", err=True)
-            sys.exit(130)
-    return wrapper
+_one_line_errors = one_line_errors("nothing was written for this stage")
 
 
 def _ints(text: str | None, what: str) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        values = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise InputError(f"{what} expects comma-separated integers, not {text!r}") from None
-    if not values:
-        raise InputError(f"{what} is empty")
-    return values
+    return None if text is None else int_list(text, what)
 
 
 def _live(study: Any, device: str, sae_layers: list[int]) -> Any:
