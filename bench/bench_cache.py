@@ -33,7 +33,8 @@ def bare_forward_seconds(loaded: LoadedModel, token_ids: list[list[int]], batch_
     with torch.no_grad():
         for i in range(0, len(token_ids), batch_size):
             inputs = pad_left(token_ids[i : i + batch_size], pad_token_id(loaded.tokenizer), loaded.model.device)
-            loaded.model(**inputs, use_cache=False)
+            # the same work the cache stage needs: every layer, logits at the last position only
+            loaded.model(**inputs, use_cache=False, logits_to_keep=1)
     return time.perf_counter() - start
 
 
