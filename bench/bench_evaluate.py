@@ -168,3 +168,7 @@ def main() -> None:
             seconds, trace = timed(lambda: search(ev, [0], start_set, threshold=threshold, order="ascending", prefix_pass=prefix))
             print(f"  {k:4d}  {'prefix' if prefix else 'stepwise':8s}  {len(trace.final):5d}  {len(trace.sizes) - 1:5d}  "
                   f"{ev.n_forwards - before_f:8d}  {ev.n_rows - before_r:4d}  {seconds:8.1f}")
+
+
+if __name__ == "__main__":
+    main()
