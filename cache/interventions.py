@@ -149,6 +149,18 @@ def _check_mode(mode: str, value: float | None) -> None:
         raise InputError(f"a {mode} edit needs {what} (finite number), got {value!r}")
 
 
+def _normalise_mode_and_positions(edit: LatentEdit | RowMaskEdit) -> None:
+    """Validation both edit kinds share: mode/value, and positions as a non-empty int tuple."""
+    _check_mode(edit.mode, edit.value)
+    if edit.value is not None:
+        object.__setattr__(edit, "value", float(edit.value))
+    if edit.positions is not None:
+        positions = _int_tuple(edit.positions, "edit positions")
+        if not positions:
+            raise InputError("edit positions is empty; use None for all positions")
+        object.__setattr__(edit, "positions", positions)
+
+
 @dataclass(frozen=True, kw_only=True)
 class LatentEdit:
     """Edit some latents of the SAE at one layer."""
@@ -177,14 +189,7 @@ class LatentEdit:
         if min(latents) < 0:
             raise InputError(f"edit latents must be non-negative, got {min(latents)}")
         object.__setattr__(self, "latents", latents)
-        _check_mode(self.mode, self.value)
-        if self.value is not None:
-            object.__setattr__(self, "value", float(self.value))
-        if self.positions is not None:
-            positions = _int_tuple(self.positions, "edit positions")
-            if not positions:
-                raise InputError("edit positions is empty; use None for all positions")
-            object.__setattr__(self, "positions", positions)
+        _normalise_mode_and_positions(self)
         if self.rows is not None:
             rows = _int_tuple(self.rows, "edit rows")
             if not rows or min(rows) < 0:
@@ -214,14 +219,7 @@ class RowMaskEdit:
             raise InputError("RowMaskEdit.mask must be a [batch, d_sae] tensor")
         if self.mask.dtype != torch.bool:
             object.__setattr__(self, "mask", self.mask != 0)
-        _check_mode(self.mode, self.value)
-        if self.value is not None:
-            object.__setattr__(self, "value", float(self.value))
-        if self.positions is not None:
-            positions = _int_tuple(self.positions, "edit positions")
-            if not positions:
-                raise InputError("edit positions is empty; use None for all positions")
-            object.__setattr__(self, "positions", positions)
+        _normalise_mode_and_positions(self)
 
 
 Edit = LatentEdit | RowMaskEdit
