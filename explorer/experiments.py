@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from explorer.evaluate import AblationEvaluator, EvaluatorConfig
-from explorer.live import LiveContext, prompt_token_ids
+from explorer.live import LiveContext, checked_prompts, prompt_token_ids
 from explorer.results import ExperimentResult, GreedyResult
 from store import Study
 from store.errors import InputError
@@ -154,10 +154,7 @@ def sample_design(n_latents: int, n_minimal: int, config: ExperimentConfig) -> t
 
 def choose_prompts(study: Study, sets: Sequence[MinimalSet], config: ExperimentConfig) -> list[int]:
     if config.prompts is not None:
-        chosen = [int(p) for p in config.prompts]
-        bad = [p for p in chosen if not 0 <= p < study.n_prompts]
-        if bad:
-            raise InputError(f"prompt {bad[0]} is out of range (the study has {study.n_prompts})")
+        chosen = checked_prompts(study, config.prompts)
     else:
         chosen = list(dict.fromkeys(p for s in sets for p in s.prompts))
     return chosen[: config.max_prompts]

@@ -32,7 +32,7 @@ from cache.generation import greedy_generate
 from cache.interventions import RowMaskEdit, sae_edits
 from explorer.candidates import top_latents
 from explorer.evaluate import AblationEvaluator, EvaluatorConfig
-from explorer.live import LiveContext, prompt_token_ids, select_prompts
+from explorer.live import LiveContext, checked_prompts, prompt_token_ids, select_prompts
 from explorer.results import CandidateResult, GreedyResult
 from store import Study
 from store.errors import InputError
@@ -195,10 +195,7 @@ def run_greedy(
         raise InputError(f"the candidates were ranked at layer {candidates.layer}, not {config.layer}; run analyze candidates --layer {config.layer}")
     threshold = live.refusal_threshold if config.threshold is None else float(config.threshold)
     if config.prompts is not None:
-        chosen = [int(p) for p in config.prompts]
-        bad = [p for p in chosen if not 0 <= p < study.n_prompts]
-        if bad:
-            raise InputError(f"prompt {bad[0]} is out of range (the study has {study.n_prompts})")
+        chosen = checked_prompts(study, config.prompts)
     else:
         chosen = select_prompts(study, label="harmful", refused=True)
     chosen = chosen[: config.max_prompts]

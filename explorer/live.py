@@ -135,6 +135,15 @@ def prompt_token_ids(study: Study, prompts: Sequence[int]) -> list[list[int]]:
     return [study.token_ids(int(p)).astype(int).tolist() for p in prompts]
 
 
+def checked_prompts(study: Study, prompts: Sequence[int]) -> list[int]:
+    """Prompt indices a user gave, as ints, or an InputError naming the first out of range."""
+    chosen = [int(p) for p in prompts]
+    bad = [p for p in chosen if not 0 <= p < study.n_prompts]
+    if bad:
+        raise InputError(f"prompt {bad[0]} is out of range (the study has {study.n_prompts})")
+    return chosen
+
+
 def select_prompts(study: Study, *, label: str, split: str | None = None, refused: bool | None = None) -> list[int]:
     """Prompt indices of one label (and split), optionally only those whose fast score says
     refused (``True``) or not (``False``) at the study's threshold."""
