@@ -47,6 +47,16 @@ def _fmt(value: float) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.0%}"
 
 
+def _controls_line(summary: dict[str, Any]) -> str:
+    changed, kl = summary["random_argmax_change"], summary["random_kl"]
+    if not changed:
+        return ""
+    return (
+        f"control    {len(changed)} random directions ablated: harmless argmax changed "
+        f"{_fmt(min(changed))}–{_fmt(max(changed))}, KL {min(kl):.3f}–{max(kl):.3f}\n"
+    )
+
+
 @click.group("analyze", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 def analyze_group() -> None:
     """Stages 1–2: refusal direction, candidate latents, minimal latent sets.
@@ -70,8 +80,10 @@ _device_option = click.option("--device", default="auto", show_default=True, hel
 @click.option("--kl-threshold", type=float, default=0.1, show_default=True, help="Max mean KL on harmless prompts.")
 @click.option("--max-layer-fraction", type=float, default=0.8, show_default=True, help="Only layers below this share of the depth.")
 @click.option("--min-induce", type=float, help="Also require adding the direction to raise harmless scores by this much.")
+@click.option("--max-argmax-change", type=float, help="Also require at most this share of harmless prompts to change their first token, e.g. 0.05.")
 @click.option("--max-val-prompts", type=int, help="At most this many held-out prompts per label.")
 @click.option("--verify-generate", type=int, default=0, show_default=True, help="Generate N tokens to measure the flip rate by phrase detector.")
+@click.option("--random-controls", type=int, default=3, show_default=True, help="Random directions to ablate as a control for the harmless side effect.")
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @_device_option
 @_one_line_errors
@@ -92,6 +104,7 @@ def direction_command(study: Path, run: str, layers: str | None, positions: str 
         f"refused    fast score: {summary['harmful_refused_fast']}/{summary['val_harmful']} -> {summary['harmful_refused_fast_ablated']} ablated; "
         f"generation flips {_fmt(summary['flip_rate'])} of {summary['refused_by_generation']} refused; "
         f"harmless first-token argmax changed {_fmt(summary['argmax_change_rate'])}\n"
+        f"{_controls_line(summary)}"
         f"saved      {study}:/analysis/{run}/direction"
     )
 

@@ -11,7 +11,8 @@ held-out (val) prompts:
   vector is added at its layer (every position).
 
 The chosen candidate has the biggest drop among those with KL ≤ ``kl_threshold`` that lie
-below ``max_layer_fraction`` of the depth (and, optionally, induce ≥ ``min_induce``).
+below ``max_layer_fraction`` of the depth (and, optionally, induce ≥ ``min_induce`` and a share
+of harmless prompts whose first-token argmax changes ≤ ``max_argmax_change``).
 """
 
 from __future__ import annotations
@@ -48,9 +49,16 @@ class DirectionConfig:
     min_induce: float | None = None
     """If set, the chosen direction must also raise harmless prompts' score by at least this
     when added (Arditi et al. require > 0)."""
+    max_argmax_change: float | None = None
+    """If set, the chosen direction may change the first-token argmax of at most this share of
+    the harmless prompts when ablated. KL averages over the vocabulary; this bounds how many
+    harmless answers start differently, which is what a user of the ablated model sees."""
     max_val_prompts: int | None = None
     """Score the candidates on at most this many val prompts per label (None = all), to bound
     the cost; the chosen direction is evaluated on all of them."""
+    random_controls: int = 3
+    """Also project out this many random unit directions (seeded) and report how many harmless
+    first tokens each changes: the noise floor the chosen direction's side effect compares to."""
     batch_size: int = 8
     """Prompts per forward."""
     verify_generate: int = 0
@@ -60,8 +68,10 @@ class DirectionConfig:
     def __post_init__(self) -> None:
         if self.kl_threshold < 0 or not 0 < self.max_layer_fraction <= 1:
             raise InputError("--kl-threshold must be ≥ 0 and --max-layer-fraction in (0, 1]")
-        if self.batch_size < 1 or self.verify_generate < 0:
-            raise InputError("--batch-size must be ≥ 1 and --verify-generate ≥ 0")
+        if self.batch_size < 1 or self.verify_generate < 0 or self.random_controls < 0:
+            raise InputError("--batch-size must be ≥ 1, --verify-generate and --random-controls ≥ 0")
+        if self.max_argmax_change is not None and not 0 <= self.max_argmax_change <= 1:
+            raise InputError("--max-argmax-change must be a share in [0, 1]")
         if self.max_val_prompts is not None and self.max_val_prompts < 1:
             raise InputError("--max-val-prompts must be ≥ 1")
 
@@ -93,20 +103,30 @@ def mean_kl(clean: torch.Tensor, edited: torch.Tensor) -> float:
     return float((log_p.exp() * (log_p - log_q)).sum(-1).mean())
 
 
+def argmax_change_rate(clean: torch.Tensor, edited: torch.Tensor) -> float:
+    """Share of rows [n, vocab] whose argmax (the greedy first token) differs."""
+    return float((clean.argmax(-1) != edited.argmax(-1)).float().mean())
+
+
 def choose(
     layers: np.ndarray, drop: np.ndarray, kl: np.ndarray, induce: np.ndarray, n_layers: int, config: DirectionConfig,
+    argmax_change: np.ndarray | None = None,
 ) -> tuple[int, str]:
     """Index of the chosen candidate and a note on how it was chosen."""
     early = layers < config.max_layer_fraction * n_layers
     eligible = early & (kl <= config.kl_threshold)
+    limits = [f"KL ≤ {config.kl_threshold:g}"]
     if config.min_induce is not None:
         eligible &= induce >= config.min_induce
+        limits.append(f"induce ≥ {config.min_induce:g}")
+    if config.max_argmax_change is not None and argmax_change is not None:
+        eligible &= argmax_change <= config.max_argmax_change
+        limits.append(f"argmax change ≤ {config.max_argmax_change:.0%}")
     if eligible.any():
         return int(np.where(eligible, drop, -np.inf).argmax()), "biggest drop among eligible candidates"
     pool = early if early.any() else np.ones_like(early)
     return int(np.where(pool, drop, -np.inf).argmax()), (
-        f"no candidate met KL ≤ {config.kl_threshold:g}{'' if config.min_induce is None else ' and the induce filter'}; "
-        "took the biggest drop outside the last layers"
+        f"no candidate met {' and '.join(limits)}; took the biggest drop outside the last layers"
     )
 
 
@@ -137,34 +157,37 @@ def run_direction(study: Study, live: LiveContext, config: DirectionConfig, *, p
     score = lambda logits: refusal_log_odds(logits, live.refusal_ids).numpy()  # noqa: E731
     base_h, base_s = score(base_harmful), score(base_harmless)
     grid = [(layer, p) for layer in layers for p in positions]
-    drop, kl, induce = (np.zeros(len(grid), np.float32) for _ in range(3))
+    drop, kl, induce, changed = (np.zeros(len(grid), np.float32) for _ in range(4))
     for c, (layer, p) in enumerate(tqdm(grid, desc="scoring directions", unit="cand", disable=not progress)):
         raw = torch.from_numpy(diffs[layer][p + n_pos])
         if not torch.isfinite(raw.norm()) or raw.norm() == 0:
-            drop[c], kl[c], induce[c] = -np.inf, np.inf, -np.inf
+            drop[c], kl[c], induce[c], changed[c] = -np.inf, np.inf, -np.inf, 1.0
             continue
         with direction_ablation(live.model, raw):
             drop[c] = float((base_h[:cap] - score(last_logits(live, harmful_ids[:cap], config.batch_size))).mean())
-            kl[c] = mean_kl(base_harmless[:cap], last_logits(live, harmless_ids[:cap], config.batch_size))
+            ablated_harmless = last_logits(live, harmless_ids[:cap], config.batch_size)
+        kl[c] = mean_kl(base_harmless[:cap], ablated_harmless)
+        changed[c] = argmax_change_rate(base_harmless[:cap], ablated_harmless)
         with direction_addition(live.model, raw.to(live.device), layer):
             induce[c] = float((score(last_logits(live, harmless_ids[:cap], config.batch_size)) - base_s[:cap]).mean())
     cand_layer = np.array([g[0] for g in grid], np.int64)
     cand_pos = np.array([g[1] for g in grid], np.int64)
-    best, note = choose(cand_layer, drop, kl, induce, live.n_layers, config)
+    best, note = choose(cand_layer, drop, kl, induce, live.n_layers, config, changed)
     layer, position = grid[best]
     raw = diffs[layer][position + n_pos]
     unit = (raw / np.linalg.norm(raw)).astype(np.float32)
     with direction_ablation(live.model, torch.from_numpy(unit)):
         ablated_h = score(last_logits(live, harmful_ids, config.batch_size))
         ablated_s_logits = last_logits(live, harmless_ids, config.batch_size)
-    argmax_change = float((ablated_s_logits.argmax(-1) != base_harmless.argmax(-1)).float().mean())
+    argmax_change = argmax_change_rate(base_harmless, ablated_s_logits)
+    control_change, control_kl = random_controls(live, harmless_ids, base_harmless, config)
     flip_rate, n_refused = math.nan, 0
     if config.verify_generate:
         flip_rate, n_refused = verify_by_generation(live, harmful_ids, unit, config)
     result = DirectionResult(
         layer=int(layer), position=int(position), direction=unit, candidate_layer=cand_layer, candidate_position=cand_pos,
-        refusal_drop=drop, kl=kl, induce=induce, baseline_score=float(base_h.mean()), ablated_score=float(ablated_h.mean()),
-        flip_rate=flip_rate, argmax_change_rate=argmax_change,
+        refusal_drop=drop, kl=kl, induce=induce, argmax_change=changed, baseline_score=float(base_h.mean()), ablated_score=float(ablated_h.mean()),
+        flip_rate=flip_rate, argmax_change_rate=argmax_change, random_argmax_change=control_change, random_kl=control_kl,
     )
     summary = {
         "layer": int(layer), "position": int(position), "note": note, "refusal_drop": float(drop[best]), "kl": float(kl[best]),
@@ -173,8 +196,27 @@ def run_direction(study: Study, live: LiveContext, config: DirectionConfig, *, p
         "flip_rate": flip_rate, "refused_by_generation": n_refused,
         "harmful_refused_fast": int((base_h > live.refusal_threshold).sum()),
         "harmful_refused_fast_ablated": int((ablated_h > live.refusal_threshold).sum()),
+        "random_argmax_change": control_change.tolist(), "random_kl": control_kl.tolist(),
     }
     return result, summary
+
+
+@torch.no_grad()
+def random_controls(
+    live: LiveContext, harmless_ids: list[list[int]], base_harmless: torch.Tensor, config: DirectionConfig,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Harmless argmax-change rate and KL when seeded random unit directions are projected out.
+
+    On a small model many harmless prompts have near-tied first tokens, so any ablation flips
+    some of them; these controls say how much of the chosen direction's side effect is that."""
+    generator = torch.Generator().manual_seed(0)
+    changed, kls = np.zeros(config.random_controls, np.float32), np.zeros(config.random_controls, np.float32)
+    for k in range(config.random_controls):
+        direction = torch.randn(int(live.model.config.hidden_size), generator=generator)
+        with direction_ablation(live.model, direction):
+            edited = last_logits(live, harmless_ids, config.batch_size)
+        changed[k], kls[k] = argmax_change_rate(base_harmless, edited), mean_kl(base_harmless, edited)
+    return changed, kls
 
 
 def verify_by_generation(live: LiveContext, token_ids: list[list[int]], unit: np.ndarray, config: DirectionConfig) -> tuple[float, int]:

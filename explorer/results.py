@@ -65,6 +65,11 @@ class DirectionResult(StageResult):
     ablated_score: float  # the same with the chosen direction ablated
     flip_rate: float = float("nan")  # held-out harmful prompts refused by generation that comply when ablated (nan: not checked)
     argmax_change_rate: float = float("nan")  # held-out harmless prompts whose first-token argmax changes when ablated
+    # float32 [n_candidates]: the same share per candidate (empty in runs made before it was recorded)
+    argmax_change: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.float32))
+    # float32 [n_controls]: the argmax-change share and KL of random unit directions projected out
+    random_argmax_change: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.float32))
+    random_kl: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.float32))
 
 
 @dataclass(frozen=True, kw_only=True)

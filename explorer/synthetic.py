@@ -136,6 +136,8 @@ def _write_analyses(path: Path, run: str, config: SyntheticConfig, rng: np.rando
         candidate_layer=np.array([g[0] for g in grid]), candidate_position=np.array([g[1] for g in grid]),
         refusal_drop=drop, kl=(rng.random(len(grid)) * 0.2).astype(np.float32),
         induce=rng.random(len(grid)).astype(np.float32), baseline_score=1.5, ablated_score=-3.5,
+        flip_rate=0.9, argmax_change_rate=0.125, random_argmax_change=np.array([0.04, 0.08], np.float32),
+        random_kl=np.array([0.01, 0.02], np.float32),
     ).save(path, run, config={"synthetic": True})
     cosine = (decoder @ direction / np.linalg.norm(decoder, axis=1)).astype(np.float32)
     attribution = (rng.normal(0, 0.05, config.d_sae)).astype(np.float32)

@@ -67,6 +67,9 @@ def overview(ctx: WebContext) -> tuple[str, go.Figure | None]:
             value = float(getattr(d, name, math.nan))  # fields of newer studies
             if not math.isnan(value):
                 text += f" {what.capitalize()}: {value:.1%}."
+        if len(d.random_argmax_change):
+            text += (f" Random directions ablated as a control change {d.random_argmax_change.min():.1%}–"
+                     f"{d.random_argmax_change.max():.1%} of them.")
         figure = plots.direction_grid(d.candidate_layer, d.candidate_position, d.refusal_drop, (d.layer, d.position))
     return text, figure
 

@@ -116,6 +116,10 @@ def results_text(result: Overview) -> Table:
         text.add("Direction", f"layer {direction.layer}, position {direction.position}: harmful score "
                                   f"{direction.baseline_score:.2f} → {direction.ablated_score:.2f} when ablated")
         text.add("", f"best of {len(direction.refusal_drop)} candidates: {candidates}")
+        if not np.isnan(direction.argmax_change_rate):
+            control = direction.random_argmax_change
+            noise = f" (random directions: {control.min():.0%}–{control.max():.0%})" if len(control) else ""
+            text.add("", f"harmless first tokens changed by ablation: {direction.argmax_change_rate:.0%}{noise}")
     if result.candidates is not None:
         top = ", ".join(map(str, result.candidates.top_cosine[:8]))
         text.add("Latents", f"layer {result.candidates.layer} · top by cosine: {top} · "

@@ -169,11 +169,15 @@ def test_direction_recovers_the_planted_direction(planted) -> None:
     assert result.ablated_score < live.refusal_threshold < result.baseline_score
     assert result.flip_rate == 1.0 and summary["refused_by_generation"] == 3
     assert 0 <= result.argmax_change_rate <= 1  # the tiny model's near-uniform outputs flip argmax easily
+    assert result.argmax_change.shape == result.kl.shape and ((result.argmax_change >= 0) & (result.argmax_change <= 1)).all()
     result.save(path, "t", config={"test": True})
     with Study(path) as study:
         loaded_back = DirectionResult.load(study, "t")
     np.testing.assert_array_equal(loaded_back.direction, result.direction)
     assert loaded_back.flip_rate == 1.0
+    np.testing.assert_array_equal(loaded_back.argmax_change, result.argmax_change)
+    assert result.random_argmax_change.shape == (3,) and (result.random_kl >= 0).all()
+    np.testing.assert_array_equal(loaded_back.random_kl, result.random_kl)
 
 
 def test_selection_rule_filters_kl_late_layers_and_induce() -> None:
@@ -187,8 +191,15 @@ def test_selection_rule_filters_kl_late_layers_and_induce() -> None:
     assert choose(layers, drop, kl, induce, 5, DirectionConfig(kl_threshold=1.0))[0] == 1
     index, note = choose(layers, drop, kl + 1, induce, 5, config)
     assert index == 1 and "no candidate met" in note
+    changed = np.array([0.0, 0.0, 0.3, 0.02, 0.0], np.float32)
+    strict = DirectionConfig(max_argmax_change=0.05)
+    assert choose(layers, drop, kl, induce, 5, strict, changed)[0] == 3  # 2 changes 30% of first tokens
+    index, note = choose(layers, drop, kl, induce, 5, strict, changed + 0.5)
+    assert index == 1 and "argmax change ≤ 5%" in note
     with pytest.raises(InputError):
         DirectionConfig(max_layer_fraction=0)
+    with pytest.raises(InputError):
+        DirectionConfig(max_argmax_change=1.5)
 
 
 def test_candidates_rank_the_planted_latents_first(planted) -> None:

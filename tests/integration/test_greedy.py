@@ -140,6 +140,7 @@ def test_analyze_cli_runs_the_three_stages_and_explains_missing_inputs(planted, 
     out = runner.invoke(analyze_group, ["direction", str(path), "--run", "cli", "--layers", "1", "--positions=-2,-3"])
     assert out.exit_code == 0, out.output
     assert "direction  layer 1" in out.output
+    assert "control    3 random directions ablated: harmless argmax changed" in out.output
     out = runner.invoke(analyze_group, ["candidates", str(path), "--run", "cli", "--top-k", "5", "--ig-steps", "2", "--max-prompts", "3"])
     assert out.exit_code == 0, out.output
     assert "overlap@5" in out.output

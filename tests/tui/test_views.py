@@ -33,6 +33,7 @@ async def test_overview_shows_model_layers_rates_and_analyses(study_path: Path) 
         assert f"{rates['harmful']:.1%}" in prompts and "harmless" in prompts and "24" in prompts
         results = shown(app, "#ov-results")
         assert "layer 6, position -5" in results and "3 sets" in results and "R² train 0.97" in results
+        assert "harmless first tokens changed by ablation: 12% (random directions: 4%–8%)" in results
         analyses = shown(app, "#ov-analyses")
         assert all(f"✓ {stage}" in analyses for stage in ("direction", "candidates", "greedy", "fm", "dormant"))
         assert "✗" not in analyses

@@ -21,6 +21,7 @@ def test_overview_lists_study_and_analyses(ctx: WebContext) -> None:
     text, figure = views.overview(ctx)
     assert "synthetic/tiny-chat" in text and "24 harmful" in text and "24 harmless" in text
     assert text.count("| present |") == 6 and "missing" not in text
+    assert "first token changes: 12.5%" in text and "change 4.0%–8.0% of them" in text
     assert figure is not None and figure.data[0].type == "heatmap"
 
 
