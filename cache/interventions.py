@@ -1,4 +1,5 @@
-"""Forward-hook interventions on HF decoder models: SAE latent edits and direction edits.
+"""Forward-hook interventions on HF decoder models: SAE latent edits (direction edits live in
+``cache.directions``).
 
 SAE splice
 ----------
@@ -41,6 +42,16 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import nn
 
+from cache.hooks import (
+    ForwardState,
+    block_hidden,
+    check_layer,
+    collected_hooks,
+    decoder_layers,
+    decoder_stack,
+    replace_hidden,
+    track_past,
+)
 from store.errors import InputError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -48,74 +59,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 EditMode = Literal["ablate", "scale", "clamp"]
 EDIT_MODES: tuple[str, ...] = ("ablate", "scale", "clamp")
-
-
-# --------------------------------------------------------------------------------------------
-# Model plumbing
-# --------------------------------------------------------------------------------------------
-
-
-def decoder_stack(model: nn.Module) -> tuple[nn.Module, nn.ModuleList]:
-    """``(base_model, layers)`` for an HF causal LM (``model.model.layers``) or a bare decoder."""
-    for base in (getattr(model, "model", None), model):
-        if base is not None and isinstance(getattr(base, "layers", None), nn.ModuleList):
-            return base, base.layers
-    raise TypeError(
-        f"{type(model).__name__} has no decoder layers at .model.layers or .layers; "
-        "only HF decoder-only models (Qwen2, Gemma2, Llama, ...) are supported"
-    )
-
-
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The list of decoder blocks; "layer L" is the output of ``decoder_layers(model)[L]``."""
-    return decoder_stack(model)[1]
-
-
-def _hidden(output: Any) -> torch.Tensor:
-    return output[0] if isinstance(output, tuple) else output
-
-
-def _replace_hidden(output: Any, hidden: torch.Tensor) -> Any:
-    if isinstance(output, tuple):
-        return (hidden, *output[1:])
-    return hidden
-
-
-def _check_layer(layers: nn.ModuleList, layer: int) -> None:
-    if not 0 <= layer < len(layers):
-        raise InputError(
-            f"layer {layer} is out of range: the model has {len(layers)} layers "
-            f"(0-{len(layers) - 1})"
-        )
-
-
-@contextmanager
-def _hooks() -> Iterator[list[torch.utils.hooks.RemovableHandle]]:
-    """Collect hook handles; remove them all on exit, exceptions included."""
-    handles: list[torch.utils.hooks.RemovableHandle] = []
-    try:
-        yield handles
-    finally:
-        for handle in reversed(handles):
-            handle.remove()
-
-
-@dataclass
-class _ForwardState:
-    """Per-forward facts the layer hooks need: how many tokens the KV cache already holds."""
-
-    past: int = 0
-
-
-def _track_past(base: nn.Module, state: _ForwardState, handles: list) -> None:
-    def pre_hook(_module: nn.Module, _args: tuple, kwargs: dict) -> None:
-        cache = kwargs.get("past_key_values")
-        past = 0
-        if cache is not None and hasattr(cache, "get_seq_length"):
-            past = int(cache.get_seq_length())
-        state.past = past
-
-    handles.append(base.register_forward_pre_hook(pre_hook, with_kwargs=True))
 
 
 # --------------------------------------------------------------------------------------------
@@ -339,7 +282,7 @@ def sae_splice(
     """
     base, layers = decoder_stack(model)
     for layer, sae in saes.items():
-        _check_layer(layers, layer)
+        check_layer(layers, layer)
         d_in = int(sae.cfg.d_in)
         hidden = getattr(getattr(model, "config", None), "hidden_size", None)
         if hidden is not None and d_in != int(hidden):
@@ -347,13 +290,13 @@ def sae_splice(
                 f"SAE at layer {layer} has d_in={d_in} but the model's hidden size is {hidden}"
             )
     rec = SpliceRecord()
-    state = _ForwardState()
+    state = ForwardState()
 
     def make_hook(layer: int, sae: SAE) -> Callable:
         w = sae.W_dec
 
         def hook(_module: nn.Module, _args: tuple, output: Any) -> Any:
-            resid = _hidden(output)  # [batch, seq, d_model], model dtype
+            resid = block_hidden(output)  # [batch, seq, d_model], model dtype
             x = resid.to(device=w.device, dtype=w.dtype)  # [batch, seq, d_in], SAE dtype
             codes = sae.encode(x)  # [batch, seq, d_sae]
             recon = sae.decode(codes)  # [batch, seq, d_in]
@@ -367,12 +310,12 @@ def sae_splice(
                 rec.clean.setdefault(layer, []).append(codes.detach())
                 rec.edited.setdefault(layer, []).append(edited.detach())
                 rec.error_norm.setdefault(layer, []).append(error.detach().norm(dim=-1))
-            return _replace_hidden(output, new)
+            return replace_hidden(output, new)
 
         return hook
 
-    with _hooks() as handles:
-        _track_past(base, state, handles)
+    with collected_hooks() as handles:
+        track_past(base, state, handles)
         for layer in sorted(saes):
             handles.append(layers[layer].register_forward_hook(make_hook(layer, saes[layer])))
         yield rec
@@ -433,98 +376,6 @@ def sae_edits(
 
 
 # --------------------------------------------------------------------------------------------
-# Directions
-# --------------------------------------------------------------------------------------------
-
-
-def _unit(direction: torch.Tensor) -> torch.Tensor:
-    direction = direction.detach().float().reshape(-1)
-    norm = direction.norm()
-    if not torch.isfinite(norm) or norm <= 0:
-        raise InputError("the direction must be a non-zero finite vector")
-    return direction / norm
-
-
-def _project_out(x: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
-    u = unit.to(device=x.device)
-    x32 = x.float()
-    return (x32 - (x32 @ u)[..., None] * u).to(x.dtype)
-
-
-def _residual_writers(layer: nn.Module) -> list[nn.Module]:
-    """Submodules whose outputs are added to the residual stream inside a block.
-
-    Gemma2-style blocks add the post-norms' outputs; Llama/Qwen2-style blocks add the
-    attention's and the MLP's outputs. Unknown blocks: none (block inputs/outputs still are).
-    """
-    post_attn = getattr(layer, "post_attention_layernorm", None)
-    post_ffw = getattr(layer, "post_feedforward_layernorm", None)
-    if post_attn is not None and post_ffw is not None:
-        return [post_attn, post_ffw]
-    writers = (getattr(layer, "self_attn", None), getattr(layer, "mlp", None))
-    return [m for m in writers if m is not None]
-
-
-@contextmanager
-def direction_ablation(model: nn.Module, direction: torch.Tensor) -> Iterator[None]:
-    """Project the unit ``direction`` out of the residual stream everywhere (Arditi et al.).
-
-    Hooks: every block's input (so the embeddings too), every write into the residual inside
-    a block (attention / MLP outputs, or Gemma2's post-norms), and every block's output, so
-    the residual has no component along the direction at any layer.
-    """
-    _base, layers = decoder_stack(model)
-    unit = _unit(direction)
-    hidden = getattr(getattr(model, "config", None), "hidden_size", None)
-    if hidden is not None and unit.numel() != int(hidden):
-        raise InputError(
-            f"the direction has {unit.numel()} dims but the model's hidden size is {hidden}"
-        )
-
-    def pre_hook(_module: nn.Module, args: tuple, kwargs: dict) -> Any:
-        if args:
-            return (_project_out(args[0], unit), *args[1:]), kwargs
-        if "hidden_states" in kwargs:
-            kwargs = {**kwargs, "hidden_states": _project_out(kwargs["hidden_states"], unit)}
-        return args, kwargs
-
-    def out_hook(_module: nn.Module, _args: tuple, output: Any) -> Any:
-        return _replace_hidden(output, _project_out(_hidden(output), unit))
-
-    with _hooks() as handles:
-        for layer in layers:
-            handles.append(layer.register_forward_pre_hook(pre_hook, with_kwargs=True))
-            for writer in _residual_writers(layer):
-                handles.append(writer.register_forward_hook(out_hook))
-            handles.append(layer.register_forward_hook(out_hook))
-        yield
-
-
-@contextmanager
-def direction_addition(
-    model: nn.Module, direction: torch.Tensor, layer: int, coeff: float = 1.0
-) -> Iterator[None]:
-    """Add ``coeff * direction`` (as given, not normalised) to the residual at ``layer`` (the
-    output of block ``layer``), at every position."""
-    _base, layers = decoder_stack(model)
-    _check_layer(layers, layer)
-    vec = direction.detach().float().reshape(-1) * float(coeff)
-    hidden = getattr(getattr(model, "config", None), "hidden_size", None)
-    if hidden is not None and vec.numel() != int(hidden):
-        raise InputError(
-            f"the direction has {vec.numel()} dims but the model's hidden size is {hidden}"
-        )
-
-    def out_hook(_module: nn.Module, _args: tuple, output: Any) -> Any:
-        h = _hidden(output)
-        return _replace_hidden(output, (h.float() + vec.to(h.device)).to(h.dtype))
-
-    with _hooks() as handles:
-        handles.append(layers[layer].register_forward_hook(out_hook))
-        yield
-
-
-# --------------------------------------------------------------------------------------------
 # Capture
 # --------------------------------------------------------------------------------------------
 
@@ -547,19 +398,19 @@ def capture_resid(
     _base, blocks = decoder_stack(model)
     wanted = sorted(set(layers))
     for layer in wanted:
-        _check_layer(blocks, layer)
+        check_layer(blocks, layer)
     out: dict[int, list[torch.Tensor]] = {layer: [] for layer in wanted}
     last = wanted[-1] if wanted else None
 
     def make_hook(layer: int) -> Callable:
         def hook(_module: nn.Module, _args: tuple, output: Any) -> None:
-            out[layer].append(_hidden(output).detach())
+            out[layer].append(block_hidden(output).detach())
             if stop and layer == last:
                 raise _StopForward
 
         return hook
 
-    with _hooks() as handles:
+    with collected_hooks() as handles:
         for layer in wanted:
             handles.append(blocks[layer].register_forward_hook(make_hook(layer)))
         try:
@@ -578,10 +429,6 @@ __all__ = [
     "apply_edits",
     "capture_resid",
     "check_edits",
-    "decoder_layers",
-    "decoder_stack",
-    "direction_ablation",
-    "direction_addition",
     "sae_edits",
     "sae_splice",
 ]

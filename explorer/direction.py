@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from cache.forward import pad_left, refusal_log_odds
 from cache.generation import greedy_generate
-from cache.interventions import direction_ablation, direction_addition
+from cache.directions import direction_ablation, direction_addition
 from explorer.live import LiveContext, prompt_token_ids, select_prompts
 from explorer.results import DirectionResult
 from store import Study

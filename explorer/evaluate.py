@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from cache.forward import pad_left, refusal_log_odds
-from cache.interventions import decoder_layers
+from cache.hooks import decoder_layers
 from cache.sae import decode, encode
 from store.errors import InputError
 

@@ -16,7 +16,8 @@ from contextlib import ExitStack
 import torch
 
 from cache.forward import refusal_log_odds
-from cache.interventions import LatentEdit, direction_ablation, sae_edits
+from cache.directions import direction_ablation
+from cache.interventions import LatentEdit, sae_edits
 from explorer.live import LiveContext
 from explorer.results import DirectionResult
 from store.errors import InputError

@@ -57,7 +57,7 @@ def _batch(config: SyntheticConfig, rng: np.random.Generator, start: int, stop: 
     vocab = _vocab()
     n = stop - start
     harmful = (np.arange(start, stop) % 2) == 0
-    token_ids, texts, rows_codes = [], [], []
+    token_ids, texts = [], []
     word_ids = np.arange(6, len(vocab))
     prefix = [vocab.index(t) for t in TEMPLATE_PREFIX]
     suffix = [0 if t == "<|im_start|>" else vocab.index(t) for t in TEMPLATE_SUFFIX]

@@ -8,7 +8,8 @@ import torch
 
 from cache.adapters import ADAPTERS
 from cache.forward import pad_token_id, refusal_log_odds
-from cache.interventions import LatentEdit, decoder_layers, sae_edits
+from cache.hooks import decoder_layers
+from cache.interventions import LatentEdit, sae_edits
 from explorer.evaluate import AblationEvaluator, EvaluatorConfig, replay_from_layer
 from store.errors import InputError
 from tests.tiny_models import make_tiny_model, make_tiny_sae

@@ -7,14 +7,13 @@ import torch
 from torch import nn
 
 from cache import sae as S
+from cache.directions import direction_ablation, direction_addition
+from cache.hooks import decoder_layers
 from cache.interventions import (
     LatentEdit,
     RowMaskEdit,
     apply_edits,
     capture_resid,
-    decoder_layers,
-    direction_ablation,
-    direction_addition,
     sae_edits,
     sae_splice,
 )
