@@ -48,13 +48,17 @@ def _fmt(value: float) -> str:
 
 
 def _controls_line(summary: dict[str, Any]) -> str:
+    lines = ""
+    if summary["first_token_changes"]:
+        shown = ", ".join(f"{a!r}→{b!r}" + (f" ×{n}" if n > 1 else "") for a, b, n in summary["first_token_changes"][:4])
+        lines += f"changed    first tokens: {shown}\n"
     changed, kl = summary["random_argmax_change"], summary["random_kl"]
-    if not changed:
-        return ""
-    return (
-        f"control    {len(changed)} random directions ablated: harmless argmax changed "
-        f"{_fmt(min(changed))}–{_fmt(max(changed))}, KL {min(kl):.3f}–{max(kl):.3f}\n"
-    )
+    if changed:
+        lines += (
+            f"control    {len(changed)} random directions ablated: harmless argmax changed "
+            f"{_fmt(min(changed))}–{_fmt(max(changed))}, KL {min(kl):.3f}–{max(kl):.3f}\n"
+        )
+    return lines
 
 
 @click.group("analyze", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -18,6 +18,7 @@ of harmless prompts whose first-token argmax changes ≤ ``max_argmax_change``).
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -180,6 +181,7 @@ def run_direction(study: Study, live: LiveContext, config: DirectionConfig, *, p
         ablated_h = score(last_logits(live, harmful_ids, config.batch_size))
         ablated_s_logits = last_logits(live, harmless_ids, config.batch_size)
     argmax_change = argmax_change_rate(base_harmless, ablated_s_logits)
+    first_token_changes = changed_first_tokens(live, base_harmless, ablated_s_logits)
     control_change, control_kl = random_controls(live, harmless_ids, base_harmless, config)
     flip_rate, n_refused = math.nan, 0
     if config.verify_generate:
@@ -197,8 +199,18 @@ def run_direction(study: Study, live: LiveContext, config: DirectionConfig, *, p
         "harmful_refused_fast": int((base_h > live.refusal_threshold).sum()),
         "harmful_refused_fast_ablated": int((ablated_h > live.refusal_threshold).sum()),
         "random_argmax_change": control_change.tolist(), "random_kl": control_kl.tolist(),
+        "first_token_changes": first_token_changes,
     }
     return result, summary
+
+
+def changed_first_tokens(live: LiveContext, clean: torch.Tensor, edited: torch.Tensor) -> list[tuple[str, str, int]]:
+    """(clean first token, edited first token, count) for the rows whose argmax changed, most
+    frequent first: the evidence of what the side effect looks like."""
+    before, after = clean.argmax(-1).tolist(), edited.argmax(-1).tolist()
+    decode = live.loaded.tokenizer.decode
+    pairs = Counter((decode([a]), decode([b])) for a, b in zip(before, after) if a != b)
+    return [(a, b, n) for (a, b), n in pairs.most_common()]
 
 
 @torch.no_grad()

@@ -177,6 +177,9 @@ def test_direction_recovers_the_planted_direction(planted) -> None:
     assert loaded_back.flip_rate == 1.0
     np.testing.assert_array_equal(loaded_back.argmax_change, result.argmax_change)
     assert result.random_argmax_change.shape == (3,) and (result.random_kl >= 0).all()
+    changes = summary["first_token_changes"]
+    assert sum(n for _, _, n in changes) == round(result.argmax_change_rate * summary["val_harmless"])
+    assert all(before != after for before, after, _ in changes)
     np.testing.assert_array_equal(loaded_back.random_kl, result.random_kl)
 
 
