@@ -96,7 +96,9 @@ class CachedScores:
     token_score: np.ndarray
     """float64 [n_tokens]: FM score of the latents active at each token."""
     prompt_score: np.ndarray
-    """float64 [n_prompts]: FM score of the latents active anywhere in the prompt."""
+    """float64 [n_prompts]: FM score of the latents active anywhere in the pooled tokens."""
+    prompt_tokens: int | None = None
+    """Tokens pooled per prompt, counted from its end (None = all of them)."""
 
     @property
     def prompt_drive(self) -> np.ndarray:
@@ -116,10 +118,10 @@ class CachedScores:
 
 
 def _prompt_rows(
-    token_prompt: np.ndarray, indptr: np.ndarray, indices: np.ndarray, values: np.ndarray, n_prompts: int, d_sae: int,
+    per_entry: np.ndarray, indices: np.ndarray, values: np.ndarray, n_prompts: int, d_sae: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-prompt CSR (union of the tokens' latents, value = max activation) of a token block."""
-    per_entry = np.repeat(token_prompt, np.diff(indptr))  # prompt of each stored entry
+    """Per-prompt CSR (union of the entries' latents, value = max activation); ``per_entry`` is
+    the block-relative prompt of each stored entry."""
     keys = per_entry.astype(np.int64) * d_sae + indices.astype(np.int64)
     order = np.lexsort((-values, keys))  # per key, the largest value first
     keys, vals = keys[order], values[order]
@@ -132,8 +134,16 @@ def _prompt_rows(
     return out_indptr, (keys % d_sae).astype(np.int32), vals.astype(np.float32)
 
 
-def score_cached_codes(study: Study, fm: FMResult, *, binary: bool = True, block_tokens: int = BLOCK_TOKENS) -> CachedScores:
-    """Score the FM over every token and prompt of the study's codes at the FM's layer."""
+def score_cached_codes(
+    study: Study, fm: FMResult, *, binary: bool = True, prompt_tokens: int | None = None, block_tokens: int = BLOCK_TOKENS,
+) -> CachedScores:
+    """Score the FM over every token and prompt of the study's codes at the FM's layer.
+
+    A prompt's row pools the latents of its last ``prompt_tokens`` tokens (None = every token).
+    Pooling the post-instruction tokens asks which latents fire where refusal is decided; pooling
+    every token lets a shared system prompt give every prompt the same latents."""
+    if prompt_tokens is not None and prompt_tokens < 1:
+        raise InputError("prompt_tokens must be ≥ 1 (or None for every token)")
     layer = int(fm.layer)
     if layer not in study.meta.layers or not study.has_codes(layer):
         raise InputError(f"layer {layer} has no SAE codes in this study; the FM was fitted on another study?")
@@ -158,11 +168,19 @@ def score_cached_codes(study: Study, fm: FMResult, *, binary: bool = True, block
         indices = group["indices"][e0:e1].astype(np.int32)
         values = group["values"][e0:e1].astype(np.float32)
         token_score[t0:t1] = _score(indptr, indices, values, fm, index_map, binary)
-        token_prompt = np.repeat(np.arange(p1 - p0), np.diff(offsets[p0 : p1 + 1]))
-        prompt_score[p0:p1] = _score(*_prompt_rows(token_prompt, indptr, indices, values, p1 - p0, d_sae), fm, index_map, binary)
+        lengths = np.diff(offsets[p0 : p1 + 1])
+        token_prompt = np.repeat(np.arange(p1 - p0), lengths)
+        per_entry, entry_indices, entry_values = np.repeat(token_prompt, np.diff(indptr)), indices, values
+        if prompt_tokens is not None:
+            from_end = np.repeat(offsets[p0 + 1 : p1 + 1] - t0, lengths) - 1 - np.arange(t1 - t0)  # 0 = last token
+            keep = np.repeat(from_end < prompt_tokens, np.diff(indptr))
+            per_entry, entry_indices, entry_values = per_entry[keep], indices[keep], values[keep]
+        rows = _prompt_rows(per_entry, entry_indices, entry_values, p1 - p0, d_sae)
+        prompt_score[p0:p1] = _score(*rows, fm, index_map, binary)
         p0 = p1
     return CachedScores(
         layer=layer, binary=binary, w0=float(fm.w0), token_offsets=offsets, token_score=token_score, prompt_score=prompt_score,
+        prompt_tokens=prompt_tokens,
     )
 
 

@@ -120,7 +120,8 @@ def fm_command(study: Path, run: str, top: int, **options: Any) -> None:
         if experiments is None:
             raise InputError(f"no experiments in run {run!r} yet; run `refusal-explorer analyze experiments {study}` first")
         result, summary = run_fm(experiments, config)
-        scores = score_cached_codes(opened, result)
+        # pooled over the post-instruction tokens, where refusal is decided (see score_cached_codes)
+        scores = score_cached_codes(opened, result, prompt_tokens=opened.meta.n_positions)
         labels = opened.column("label")
     result.save(study, run, config=asdict(config) | {"experiments_scheme": experiments.scheme})
     pairs = lambda items: ", ".join(f"{a}×{b} {v:+.2f}" for a, b, v in items) or "none"  # noqa: E731
@@ -138,7 +139,7 @@ def fm_command(study: Path, run: str, top: int, **options: Any) -> None:
         f"           negative: {pairs(summary['negative_pairs'])}\n"
         f"via pairs  latents with ≥ 50% of their effect from interactions: "
         + (", ".join(f"{i} ({s:.0%})" for i, s in summary["interaction_driven"]) or "none") + "\n"
-        f"cache      predicted refusal drop from ablating each prompt's active latents: mean {means}; top {tops}\n"
+        f"cache      predicted refusal drop from ablating the latents active at each prompt's post-instruction tokens: mean {means}; top {tops}\n"
         f"saved      {study}:/analysis/{run}/fm"
     )
 

@@ -171,7 +171,7 @@ def test_cli_experiments_then_fm(tiny_study, monkeypatch: pytest.MonkeyPatch) ->
     assert "bernoulli(p=0.5)x40;seed=2" in out.output and "per 100 subsets" in out.output
     out = runner.invoke(group, ["fm", str(path), "--run", "cli", "--rank", "2", "--max-epochs", "60"])
     assert out.exit_code == 0, out.output
-    assert "holdout" in out.output and "top" in out.output
+    assert "holdout" in out.output and "top" in out.output and "post-instruction tokens" in out.output
     with Study(path) as study:
         experiments = ExperimentResult.load(study, "cli")
         fm = FMResult.load(study, "cli")

@@ -88,13 +88,15 @@ def test_cached_scores_equal_the_dense_reference(study_path: Path, binary: bool)
     with Study(study_path) as study:
         scores = score_cached_codes(study, fm, binary=binary)
         small_blocks = score_cached_codes(study, fm, binary=binary, block_tokens=7)  # several prompts per block, and one per block
+        last3 = score_cached_codes(study, fm, binary=binary, prompt_tokens=3, block_tokens=7)
         codes = study.codes(LAYER)
-        tokens, prompts = [], []
+        tokens, prompts, prompts_last3 = [], [], []
         for p in range(study.n_prompts):
             dense = codes.prompt_dense(p, latents)  # [n_tokens, n]
             dense = (dense != 0).astype(float) if binary else dense.astype(float)
             tokens.append(dense)
             prompts.append(dense.max(0))
+            prompts_last3.append(dense[-3:].max(0))
         offsets = study.token_offsets
     X_tokens, X_prompts = np.concatenate(tokens), np.stack(prompts)
     assert X_tokens.any(1).sum() > 10 and (~X_tokens.any(1)).sum() > 0  # rows with and without FM latents
@@ -102,6 +104,9 @@ def test_cached_scores_equal_the_dense_reference(study_path: Path, binary: bool)
     np.testing.assert_allclose(scores.prompt_score, dense_fm(X_prompts, fm), rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(small_blocks.token_score, scores.token_score)
     np.testing.assert_array_equal(small_blocks.prompt_score, scores.prompt_score)
+    np.testing.assert_allclose(last3.prompt_score, dense_fm(np.stack(prompts_last3), fm), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(last3.token_score, scores.token_score)
+    assert not np.allclose(last3.prompt_score, scores.prompt_score)  # pooling fewer tokens changes some prompts
     assert scores.top_prompts(3)[0][1] == pytest.approx(scores.prompt_drive.max())
     np.testing.assert_allclose(scores.token_drive(2), fm.w0 - scores.token_score[offsets[2] : offsets[3]])
     if binary:  # and the vectorised NumPy reference of the kernel agrees on the same CSR
@@ -122,3 +127,5 @@ def test_scoring_rejects_an_fm_from_another_layer(study_path: Path) -> None:
     )
     with Study(study_path) as study, pytest.raises(InputError, match="no SAE codes"):
         score_cached_codes(study, fm)
+    with Study(study_path) as study, pytest.raises(InputError, match="prompt_tokens must be"):
+        score_cached_codes(study, fm, prompt_tokens=0)
