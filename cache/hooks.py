@@ -31,10 +31,13 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
 
 
 def block_hidden(output: Any) -> torch.Tensor:
+    """The hidden state in a block's (or submodule's) output, which HF returns bare or as a tuple's
+    first element depending on the model and version."""
     return output[0] if isinstance(output, tuple) else output
 
 
 def replace_hidden(output: Any, hidden: torch.Tensor) -> Any:
+    """``output`` with its hidden state swapped for ``hidden``, in the same shape (tuple or bare)."""
     if isinstance(output, tuple):
         return (hidden, *output[1:])
     return hidden

@@ -47,7 +47,7 @@ def _fmt(value: float) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.0%}"
 
 
-def _controls_line(summary: dict[str, Any]) -> str:
+def _side_effect_lines(summary: dict[str, Any]) -> str:
     lines = ""
     if summary["first_token_changes"]:
         shown = ", ".join(f"{a!r}→{b!r}" + (f" ×{n}" if n > 1 else "") for a, b, n in summary["first_token_changes"][:4])
@@ -108,7 +108,7 @@ def direction_command(study: Path, run: str, layers: str | None, positions: str 
         f"refused    fast score: {summary['harmful_refused_fast']}/{summary['val_harmful']} -> {summary['harmful_refused_fast_ablated']} ablated; "
         f"generation flips {_fmt(summary['flip_rate'])} of {summary['refused_by_generation']} refused; "
         f"harmless first-token argmax changed {_fmt(summary['argmax_change_rate'])}\n"
-        f"{_controls_line(summary)}"
+        f"{_side_effect_lines(summary)}"
         f"saved      {study}:/analysis/{run}/direction"
     )
 
