@@ -90,6 +90,13 @@ def whole_number(value: object, what: str) -> int:
     return int(number)
 
 
+def page_of(rows: np.ndarray, number: int, page_size: int) -> tuple[np.ndarray, int, int]:
+    """The rows of page ``number`` (clamped into range), that page number, and the page count."""
+    pages = max(1, math.ceil(len(rows) / page_size))
+    number = min(max(1, number), pages)
+    return rows[(number - 1) * page_size : number * page_size], number, pages
+
+
 def make_context(study: Study, run: str = "default", export_dir: Path | None = None) -> WebContext:
     """Load the analyses of ``run`` and pick the layers the views show."""
     candidates = CandidateResult.load(study, run)

@@ -7,15 +7,14 @@ the stored codes, decoder norms and candidate cosines (no residuals, no model).
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pandas as pd
 
 from explorer.browse import prompt_view
-from refusal_web.context import WebContext, whole_number
+from refusal_web.context import WebContext, page_of, whole_number
 from refusal_web.render import markdown_table, show_token
-from refusal_web.views import FLOAT_DIGITS, rounded
+from refusal_web.views import rounded
 from store import InputError
 
 COLOUR_MODES = ("latent", "direction")
@@ -35,9 +34,7 @@ def prompt_page(ctx: WebContext, query: str, label: str, page: object) -> tuple[
         number = whole_number(page or 1, "page")
     except InputError as error:
         return pd.DataFrame({"prompt": []}), f"⚠️ {error}", 1
-    pages = max(1, math.ceil(len(rows) / ctx.page_size))
-    number = min(max(1, number), pages)
-    shown = rows[(number - 1) * ctx.page_size : number * ctx.page_size]
+    shown, number, pages = page_of(rows, number, ctx.page_size)
     scores = ctx.study.column("refusal_score")
     frame = pd.DataFrame({
         "prompt": shown, "label": ctx.study.labels[shown], "refusal_score": rounded(scores[shown]),

@@ -18,7 +18,7 @@ import plotly.graph_objects as go
 
 from explorer.browse import FEATURE_COLUMNS
 from refusal_web import plots
-from refusal_web.context import WebContext, whole_number
+from refusal_web.context import WebContext, page_of, whole_number
 from refusal_web.render import examples_html, markdown_table, token_list
 from store import InputError
 
@@ -93,9 +93,7 @@ def feature_page(ctx: WebContext, layer: object, query: str, sort: str, descendi
         number = whole_number(page or 1, "page")
     except InputError as error:
         return pd.DataFrame({"latent": []}), f"⚠️ {error}", 1
-    pages = max(1, math.ceil(len(rows) / ctx.page_size))
-    number = min(max(1, number), pages)
-    shown = rows[(number - 1) * ctx.page_size : number * ctx.page_size]
+    shown, number, pages = page_of(rows, number, ctx.page_size)
     table = ctx.table(chosen)
     frame = _frame({name: table.columns[name][shown] for name in FEATURE_COLUMNS})
     status = f"{len(rows):,} of {len(table):,} latents match · page {number} of {pages} · sorted by {sort}"
