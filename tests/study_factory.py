@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import h5py
 import numpy as np
+import pytest
 
-from store import PromptBatch, StudySpec
+from store import PromptBatch, StudySpec, StudyWriter
 
 D_MODEL, D_SAE, N_POSITIONS, VOCAB = 8, 32, 2, 50
 
@@ -51,3 +54,23 @@ def dump(path: Path) -> dict[str, np.ndarray]:
         for key in ("identity", "config", "layers", "complete", "schema_version"):
             out[f"@{key}"] = np.asarray(file.attrs[key])
     return out
+
+
+@contextmanager
+def interrupted_at_append(monkeypatch: pytest.MonkeyPatch, number: int) -> Iterator[None]:
+    """Inside the block, ``StudyWriter.append`` raises KeyboardInterrupt on its ``number``-th call
+    (the earlier calls write normally), like Ctrl-C mid-run; the block must be interrupted."""
+    original, calls = StudyWriter.append, {"n": 0}
+
+    def append(self: StudyWriter, batch: PromptBatch) -> None:
+        calls["n"] += 1
+        if calls["n"] == number:
+            raise KeyboardInterrupt
+        original(self, batch)
+
+    monkeypatch.setattr(StudyWriter, "append", append)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            yield
+    finally:
+        monkeypatch.setattr(StudyWriter, "append", original)

@@ -67,6 +67,16 @@ def make_tiny_model(
     return model.float().eval()
 
 
+
+def save_tiny_checkpoint(family: str, directory: Path, n_layers: int = 3) -> Path:
+    """A tiny random model + its tokenizer saved as a local checkpoint (``--model DIR``)."""
+    from tests.tiny_tokenizers import make_tiny_tokenizer
+
+    tokenizer = make_tiny_tokenizer(family)
+    make_tiny_model(family, n_layers=n_layers, vocab_size=len(tokenizer)).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
 def tiny_input_ids(
     batch: int = 2, seq_len: int = 7, *, vocab_size: int = 1000, seed: int = 1
 ) -> torch.Tensor:

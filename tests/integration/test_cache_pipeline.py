@@ -11,9 +11,9 @@ from cache.adapters import ADAPTERS
 from cache.forward import refusal_log_odds
 from cache.models import LoadedModel
 from cache.pipeline import CacheConfig, run_cache
-from store import Study, StudyWriter
+from store import Study
 from store.errors import InputError
-from tests.study_factory import dump
+from tests.study_factory import dump, interrupted_at_append
 from tests.tiny_models import make_tiny_model, make_tiny_sae
 from tests.tiny_tokenizers import make_tiny_tokenizer
 
@@ -97,19 +97,8 @@ def test_codes_match_direct_sae_encoding(tmp_path: Path, prompt_files: dict) -> 
 def test_interrupted_run_resumes_to_identical_file(tmp_path: Path, prompt_files: dict, monkeypatch) -> None:
     loaded = tiny("qwen2")
     reference = run_cache(config(tmp_path, prompt_files, out=tmp_path / "ref.h5"), loaded=loaded, progress=False)
-    calls = {"n": 0}
-    original = StudyWriter.append
-
-    def crash_on_second(self, batch):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        original(self, batch)
-
-    monkeypatch.setattr(StudyWriter, "append", crash_on_second)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_at_append(monkeypatch, 2):
         run_cache(config(tmp_path, prompt_files), loaded=loaded, progress=False)
-    monkeypatch.setattr(StudyWriter, "append", original)
     with Study(tmp_path / "study.h5") as study:
         assert study.n_prompts == 3 and not study.meta.complete
     run_cache(config(tmp_path, prompt_files, resume=True, batch_size=2), loaded=loaded, progress=False)

@@ -16,7 +16,7 @@ from cache.preflight import (
     safetensors_numel,
 )
 from cache.presets import PRESETS
-from tests.tiny_models import hf_cache_snapshot, make_tiny_model, make_tiny_sae, use_offline_hf_cache
+from tests.tiny_models import hf_cache_snapshot, make_tiny_model, make_tiny_sae, save_tiny_checkpoint, use_offline_hf_cache
 from tests.tiny_tokenizers import make_tiny_tokenizer
 
 # The real models' shapes (config.json of google/gemma-2-2b-it and meta-llama/Llama-3.1-8B-Instruct).
@@ -30,11 +30,7 @@ LLAMA = ModelFacts(name="meta-llama/Llama-3.1-8B-Instruct", where="HF cache", n_
 
 @pytest.fixture
 def model_dir(tmp_path: Path) -> Path:
-    directory = tmp_path / "tiny-llama"
-    tokenizer = make_tiny_tokenizer("llama")
-    make_tiny_model("llama", n_layers=3, vocab_size=len(tokenizer)).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+    return save_tiny_checkpoint("llama", tmp_path / "tiny-llama")
 
 
 def config(tmp_path: Path, **overrides) -> CacheConfig:
