@@ -3,6 +3,7 @@ hook handles that are always removed."""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -69,13 +70,34 @@ class ForwardState:
     past: int = 0
 
 
+def cached_length(kwargs: dict) -> int:
+    """Tokens the KV cache of a forward already holds (0 for a prompt forward).
+
+    The cache is found by what it is, not by its keyword: transformers 4.x passes it as
+    ``past_key_values``, 5.x as ``cache`` (the old name is an alias until 5.40).
+    """
+    for value in kwargs.values():
+        if hasattr(value, "get_seq_length"):
+            return int(value.get_seq_length())
+    return 0
+
+
 def track_past(base: nn.Module, state: ForwardState, handles: list) -> None:
     def pre_hook(_module: nn.Module, _args: tuple, kwargs: dict) -> None:
-        cache = kwargs.get("past_key_values")
-        past = 0
-        if cache is not None and hasattr(cache, "get_seq_length"):
-            past = int(cache.get_seq_length())
-        state.past = past
+        state.past = cached_length(kwargs)
 
     handles.append(base.register_forward_pre_hook(pre_hook, with_kwargs=True))
 
+
+def kv_cache_kwargs(model: nn.Module) -> dict[str, Any]:
+    """A fresh KV cache as the keyword argument this transformers version's forward takes.
+
+    Pass the same dict to every step of a hand-written decoding loop: the cache fills in
+    place. transformers 5.x renamed ``past_key_values`` to ``cache``; asking the signature keeps
+    both the locked and the newest releases on their current API, without deprecation warnings.
+    """
+    from transformers import DynamicCache
+
+    params = inspect.signature(model.forward).parameters
+    keyword = "cache" if "cache" in params else "past_key_values"
+    return {keyword: DynamicCache(), "use_cache": True}

@@ -17,6 +17,7 @@ import torch
 
 from cache.forward import refusal_log_odds
 from cache.directions import direction_ablation
+from cache.hooks import kv_cache_kwargs
 from cache.interventions import LatentEdit, sae_edits
 from explorer.live import LiveContext
 from explorer.results import DirectionResult
@@ -69,7 +70,8 @@ class StudyLiveModel:
         shown = ""
         with ExitStack() as stack:
             self._edits(stack, edits)
-            output = model(self._prompt_ids(prompt), use_cache=True)
+            kv_cache = kv_cache_kwargs(model)
+            output = model(self._prompt_ids(prompt), **kv_cache)
             for _ in range(max_new_tokens):
                 token = int(output.logits[0, -1].argmax())
                 if token in stops:
@@ -79,7 +81,7 @@ class StudyLiveModel:
                 if len(text) > len(shown) and not text.endswith("\ufffd"):  # wait for whole characters
                     yield text[len(shown):]
                     shown = text
-                output = model(torch.tensor([[token]], device=self.live.device), past_key_values=output.past_key_values, use_cache=True)
+                output = model(torch.tensor([[token]], device=self.live.device), **kv_cache)
         text = tokenizer.decode(generated, skip_special_tokens=True)
         if len(text) > len(shown):
             yield text[len(shown):]

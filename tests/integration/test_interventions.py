@@ -8,7 +8,7 @@ from torch import nn
 
 from cache import sae as S
 from cache.directions import direction_ablation, direction_addition
-from cache.hooks import decoder_layers
+from cache.hooks import decoder_layers, kv_cache_kwargs
 from cache.interventions import (
     LatentEdit,
     RowMaskEdit,
@@ -19,6 +19,7 @@ from cache.interventions import (
 )
 from store.errors import InputError
 from tests.tiny_models import (
+    TINY_FAMILIES,
     TINY_SAE_ARCHITECTURES,
     layout_gemma_scope,
     layout_llama_scope,
@@ -224,25 +225,54 @@ def test_edits_are_differentiable_for_attribution(tiny_qwen2):
     assert alpha.grad is not None and alpha.grad.abs() > 0
 
 
-def test_generation_with_kv_cache(tiny_qwen2):
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_explicit_position_edits_never_leak_into_decode_steps(family):
+    """A prompt-position edit must not touch cached decode steps, with ``generate`` and with a
+    hand-written loop on this transformers version's cache API (the cache keyword was renamed
+    in transformers 5, which once made every decode step look like a prompt forward)."""
+    model = make_tiny_model(family).eval()
     ids = tiny_input_ids(2, 6)
     sae = make_tiny_sae("topk", layer=2)
     kwargs = dict(max_new_tokens=4, do_sample=False, pad_token_id=0)
     with torch.no_grad():
-        base = tiny_qwen2.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
-        with sae_edits(tiny_qwen2, {2: sae}, [], record=True) as rec:
-            spliced = tiny_qwen2.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
+        base = model.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
+        with sae_edits(model, {2: sae}, [], record=True) as rec:
+            spliced = model.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
         assert torch.equal(base, spliced)
         assert [c.shape[1] for c in rec.clean[2]] == [6, 1, 1, 1]  # prefill + cached steps
 
-        latents = active_latents(sae, resid_at(tiny_qwen2, ids, 2))
+        latents = active_latents(sae, resid_at(model, ids, 2))
         edit = LatentEdit(layer=2, latents=latents, mode="clamp", value=3.0, positions=(-1,))
-        with sae_edits(tiny_qwen2, {2: sae}, [edit], record=True) as rec:
-            tiny_qwen2.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
-    # Explicit positions touch the prompt forward only.
-    assert torch.all(rec.edited[2][0][:, -1, list(latents)] == 3.0)
-    for clean, edited in zip(rec.clean[2][1:], rec.edited[2][1:]):
-        assert torch.equal(clean, edited)
+        with sae_edits(model, {2: sae}, [edit], record=True) as rec:
+            model.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
+        with sae_edits(model, {2: sae}, [edit], record=True) as loop_rec:
+            kv_cache = kv_cache_kwargs(model)
+            output = model(ids, **kv_cache)
+            for _ in range(3):
+                output = model(output.logits[:, -1:].argmax(-1), **kv_cache)
+    for recorded in (rec, loop_rec):
+        assert [c.shape[1] for c in recorded.edited[2]] == [6, 1, 1, 1]
+        assert torch.all(recorded.edited[2][0][:, -1, list(latents)] == 3.0)
+        for clean, edited in zip(recorded.clean[2][1:], recorded.edited[2][1:]):
+            assert torch.equal(clean, edited), "a prompt-position edit leaked into a decode step"
+
+
+def test_kv_cache_kwargs_use_the_current_cache_keyword(tiny_qwen2):
+    """The hand-written decoding loop uses the forward's own cache keyword, so the newest
+    transformers warns of no deprecated argument."""
+    import inspect
+    import warnings
+
+    kv_cache = kv_cache_kwargs(tiny_qwen2)
+    (keyword,) = set(kv_cache) - {"use_cache"}
+    assert keyword in inspect.signature(tiny_qwen2.forward).parameters
+    ids = tiny_input_ids(1, 5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with torch.no_grad():
+            out = tiny_qwen2(ids, **kv_cache)
+            tiny_qwen2(out.logits[:, -1:].argmax(-1), **kv_cache)
+    assert kv_cache[keyword].get_seq_length() == 6
 
 
 def test_hooks_are_removed_on_exceptions(tiny_qwen2):
