@@ -1,17 +1,20 @@
 """Terminal viewer of a study file: ``python app_tui.py [STUDY.h5] [--run NAME] [--layer L]``.
 
-Reads the study file only: no model, no GPU, no network, so it works over SSH. Also started by
-``refusal-explorer tui STUDY.h5``, which calls ``run``. Textual is imported only when the app
-starts, so importing this module stays cheap.
+Reads the study file only: no model, no GPU, no network, so it works over SSH. ``command`` is
+the ``refusal-explorer tui`` command (the CLI shell imports it by name, ARCHITECTURE §3);
+``main`` runs that same command on its own. Textual is imported only when the app starts, so
+importing this module stays cheap.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import click
+
+from explorer.cli.shell import CONTEXT, run_standalone
 from store import InputError, Study
 
 if TYPE_CHECKING:
@@ -54,13 +57,21 @@ def run(path: Path | None, *, run: str = "default", layer: int | None = None) ->
     return 0
 
 
+@click.command("tui", context_settings=CONTEXT)
+@click.argument("study", type=click.Path(path_type=Path), required=False)
+@click.option("--run", "run_name", default="default", show_default=True, help="Analysis run to show.")
+@click.option("--layer", type=int, help="SAE layer to show (default: the first with codes).")
+def command(study: Path | None, run_name: str, layer: int | None) -> None:
+    """Browse a study file in the terminal (works over SSH; no model needed).
+
+    Without STUDY it opens ./studies/demo.h5 (made by `refusal-explorer demo`). An interactive
+    viewer prints no summary, so it has no --json.
+    """
+    sys.exit(run(study, run=run_name, layer=layer))
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="app_tui.py", description="Browse a Refusal Explorer study in the terminal.")
-    parser.add_argument("study", nargs="?", type=Path, help=f"study file (default: ./{DEMO_STUDY} if present)")
-    parser.add_argument("--run", default="default", help="analysis run to show (default: %(default)s)")
-    parser.add_argument("--layer", type=int, default=None, help="layer whose features to show (default: the analysed one)")
-    args = parser.parse_args(argv)
-    return run(args.study, run=args.run, layer=args.layer)
+    return run_standalone(command, argv, "app_tui.py")
 
 
 if __name__ == "__main__":

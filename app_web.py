@@ -5,26 +5,31 @@
 ``build_app`` wires the callbacks of ``refusal_web`` (plain functions, tested without a server)
 to widgets; ``serve`` opens the study and serves it on loopback unless told otherwise. A public
 share link is made only with ``--share``. Nothing is opened or computed at import time.
+``command`` is the ``refusal-explorer web`` command (the CLI shell imports it by name,
+ARCHITECTURE §3); ``main`` runs that same command on its own.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+import click
 import gradio as gr
 
 from explorer.browse import FEATURE_COLUMNS
+from explorer.cli.options import ConfigOptions
+from explorer.cli.output import one_line_errors
+from explorer.cli.shell import CONTEXT, run_standalone
 from refusal_web import analyses, plots, prompts, views
 from refusal_web.context import WebContext, make_context
 from refusal_web.live import MODES, LiveLimits, LiveModel, live_generate, open_live_model
 from refusal_web.render import CSS
 from store import InputError, Study
 
-__all__ = ["LiveModel", "build_app", "launch_options", "main", "serve"]
+__all__ = ["LiveModel", "build_app", "command", "launch_options", "main", "serve"]
 
 BROWSE_CONCURRENCY = 4
 """Browsing callbacks served at once; live generation runs one request at a time."""
@@ -241,11 +246,11 @@ def launch_options(*, host: str = "127.0.0.1", port: int = 7860, share: bool = F
 
 
 def serve(path: Path, *, host: str = "127.0.0.1", port: int = 7860, share: bool = False, live: bool = False,
-          run: str = "default", max_prompt_chars: int = 2000, max_new_tokens: int = 64) -> None:
+          run: str = "default", limits: LiveLimits | None = None) -> None:
     """Open the study and serve the app until interrupted. Bad input raises ``InputError``."""
     if not 0 <= port <= 65535:
         raise InputError(f"port {port} is not a valid TCP port (0–65535)")
-    limits = LiveLimits(max_prompt_chars=max_prompt_chars, max_new_tokens=max_new_tokens)
+    limits = limits or LiveLimits()
     study = Study(path)
     try:
         runs = study.analysis_runs()
@@ -266,26 +271,28 @@ def serve(path: Path, *, host: str = "127.0.0.1", port: int = 7860, share: bool 
         study.close()
 
 
+LIMIT_OPTIONS = ConfigOptions(LiveLimits, skip=("max_latents", "max_abs_value"))
+
+
+@click.command("web", context_settings=CONTEXT)
+@click.argument("study", type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (loopback only by default).")
+@click.option("--port", type=int, default=7860, show_default=True, help="TCP port.")
+@click.option("--share", is_flag=True, help="Also make a public gradio.live link (off by default).")
+@click.option("--live", is_flag=True, help="Load the study's model and SAEs for the live editing panel.")
+@click.option("--run", "run_name", default="default", show_default=True, help="Analysis run to show.")
+@LIMIT_OPTIONS.decorate
+@one_line_errors("the server stopped")
+def command(study: Path, host: str, port: int, share: bool, live: bool, run_name: str, **limits: object) -> None:
+    """Serve the web demo of a study file.
+
+    An interactive server prints no summary, so it has no --json.
+    """
+    serve(study, host=host, port=port, share=share, live=live, run=run_name, limits=LIMIT_OPTIONS.build(limits))
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="refusal-explorer web", description="Serve a study in the browser.")
-    parser.add_argument("study", type=Path, help="the study file (.h5)")
-    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
-    parser.add_argument("--port", type=int, default=7860, help="TCP port (default 7860)")
-    parser.add_argument("--share", action="store_true", help="also make a public gradio.live link (off by default)")
-    parser.add_argument("--live", action="store_true", help="load the model + SAEs for the live editing panel")
-    parser.add_argument("--run", default="default", help="analysis run to show (default: default)")
-    parser.add_argument("--max-prompt-chars", type=int, default=2000, help="live panel: longest prompt accepted")
-    parser.add_argument("--max-new-tokens", type=int, default=64, help="live panel: most tokens generated")
-    args = parser.parse_args(argv)
-    try:
-        serve(args.study, host=args.host, port=args.port, share=args.share, live=args.live, run=args.run,
-              max_prompt_chars=args.max_prompt_chars, max_new_tokens=args.max_new_tokens)
-    except InputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    return 0
+    return run_standalone(command, argv, "refusal-explorer web")
 
 
 if __name__ == "__main__":

@@ -225,7 +225,7 @@ def e2e(args: argparse.Namespace) -> None:
     from tests.tiny_models import layout_gemma_scope, layout_llama_scope, use_offline_hf_cache
 
     try:
-        from explorer.analyze_cli import analyze_group
+        from explorer.cli import analyze as analyze_group
     except ImportError:
         analyze_group = None
     registry = get_pretrained_saes_directory()

@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 
-from cache.pipeline import CacheConfig
+from cache.pipeline import CacheConfig, run_cache, shard_bounds
 from store.errors import InputError
 from store.merge import merge_shards, shard_path
 
@@ -50,16 +50,6 @@ def torchrun_rank() -> Rank | None:
     if world <= 1:
         return None
     return Rank(rank=int(os.environ.get("RANK", "0")), world=world, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
-
-
-def shard_bounds(n_prompts: int, batch_size: int, index: int, count: int) -> tuple[int, int]:
-    """Prompts ``[start, stop)`` of shard ``index`` of ``count``: whole batches, spread evenly
-    (a shard may be empty when there are fewer batches than shards)."""
-    if not 0 <= index < count or batch_size < 1:
-        raise ValueError(f"bad shard {index} of {count} with batch size {batch_size}")
-    n_batches = -(-n_prompts // batch_size)
-    first, last = index * n_batches // count, (index + 1) * n_batches // count
-    return min(first * batch_size, n_prompts), min(last * batch_size, n_prompts)
 
 
 def rank_device(device: str, local_rank: int) -> str:
@@ -138,7 +128,6 @@ def run_distributed(
                 echo(f"{report.table()}\n  ranks       {rank.world} (this table: rank 0, {device})")
             if preflight_only:
                 return None
-        from cache.pipeline import run_cache
 
         _together(lambda: run_cache(shard_config, shard=(rank.rank, rank.world), progress=rank.rank == 0), rank, "caching")
         shards = [shard_path(config.out, index, rank.world) for index in range(rank.world)]

@@ -64,8 +64,11 @@ class CacheConfig:
     seed: int = 0
     """Seed of the train/val split."""
     device: str = "auto"
+    """auto, cpu, cuda or cuda:N."""
     dtype: str = "auto"
+    """auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16."""
     batch_size: int = 8
+    """Prompts per forward pass (a preset picks it from the GPU's memory)."""
     resume: bool = False
     """Continue an interrupted study file."""
     overwrite: bool = False
@@ -133,13 +136,24 @@ def _logit_lens(decoder: torch.Tensor, unembed: torch.Tensor) -> tuple[np.ndarra
     return torch.cat(top).int().cpu().numpy(), torch.cat(bottom).int().cpu().numpy()
 
 
-def _check_output(config: CacheConfig) -> None:
+def check_output(config: CacheConfig) -> None:
+    """The output path fits the request: new, or resumed, or overwritten; never a directory."""
     if config.out.exists() and not (config.resume or config.overwrite):
         raise InputError(f"{config.out} already exists; pass --resume to continue it or --overwrite to replace it")
     if config.resume and not config.out.exists():
         raise InputError(f"{config.out} does not exist; nothing to resume (drop --resume to start it)")
     if config.out.exists() and config.out.is_dir():
         raise InputError(f"{config.out} is a directory; --out needs a file path such as study.h5")
+
+
+def shard_bounds(n_prompts: int, batch_size: int, index: int, count: int) -> tuple[int, int]:
+    """Prompts ``[start, stop)`` of shard ``index`` of ``count``: whole batches, spread evenly
+    (a shard may be empty when there are fewer batches than shards)."""
+    if not 0 <= index < count or batch_size < 1:
+        raise ValueError(f"bad shard {index} of {count} with batch size {batch_size}")
+    n_batches = -(-n_prompts // batch_size)
+    first, last = index * n_batches // count, (index + 1) * n_batches // count
+    return min(first * batch_size, n_prompts), min(last * batch_size, n_prompts)
 
 
 def run_cache(
@@ -156,13 +170,12 @@ def run_cache(
     digest = prompt_set_digest(prompts)  # of the whole set: every shard records the same
     shard_identity = {}
     if shard is not None:
-        from cache.distributed import shard_bounds
         from store.merge import SHARD_KEY
 
         start, stop = shard_bounds(len(prompts), config.batch_size, *shard)
         shard_identity = {SHARD_KEY: {"index": shard[0], "count": shard[1], "start": start, "stop": stop, "total": len(prompts)}}
         prompts = prompts[start:stop]
-    _check_output(config)
+    check_output(config)
     specs = sae_lib.parse_sae_specs(config.saes)
     loaded = loaded or load_model(config.model, device=config.device, dtype=config.dtype)
     model, tokenizer, adapter = loaded.model, loaded.tokenizer, loaded.adapter

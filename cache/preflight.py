@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cache.pipeline import CacheConfig, _check_output, gather_prompts
+from cache.pipeline import CacheConfig, check_output, gather_prompts
 from cache.presets import PRESETS, GIB, gpu_memory, resolve_device_name
 from store.errors import InputError
 from store.schema import RESID_ROWS_POST_INSTRUCTION
@@ -379,7 +379,7 @@ def run_preflight(
     are the probes (replaceable in tests).
     """
     prompts = gather_prompts(config)  # bad prompt files and outputs fail alone, as in run_cache
-    _check_output(config)
+    check_output(config)
     problems: list[str] = []
     model = check_model(config.model, problems)
     depth = model.get("num_hidden_layers")

@@ -18,14 +18,22 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from cache.models import LoadedModel
 from cache.prompts import Prompt
 from store.errors import InputError
 
-if TYPE_CHECKING:
-    from cache.train_sae import TrainSAEConfig
+
+class CorpusSettings(Protocol):
+    """What the corpus builder reads of a training config (``cache.train_sae.TrainSAEConfig``)."""
+
+    n_tokens: int
+    context: int
+    text_files: tuple[Path, ...]
+    doc_packages: tuple[str, ...]
+    chat_fraction: float
+    seed: int
 
 
 #: Directories whose files are skipped when gathering docstrings (tests, vendored code).
@@ -147,7 +155,7 @@ class _Packer:
         return segment
 
 
-def build_corpus(loaded: LoadedModel, prompts: Sequence[Prompt], config: TrainSAEConfig) -> list[Segment]:
+def build_corpus(loaded: LoadedModel, prompts: Sequence[Prompt], config: CorpusSettings) -> list[Segment]:
     """The corpus, in a fixed order: chat-formatted prompts (``val`` ones held out), then the
     text files, then docstrings until ``n_tokens`` training tokens (a ``chat_fraction`` of
     the docstrings as chat user turns, the rest packed as plain text)."""

@@ -25,7 +25,8 @@ from cache.interventions import LatentEdit, capture_resid, sae_edits
 from cache.models import LoadedModel
 from cache.pipeline import CacheConfig, run_cache
 from cache.sae import encode
-from explorer import stage3_cli
+import explorer.cli.shell as cli_shell
+from explorer.cli import analyze as analyze_group
 from explorer.dormant import DormantConfig, run_dormant
 from explorer.evaluate import AblationEvaluator, EvaluatorConfig
 from explorer.live import open_live
@@ -163,9 +164,8 @@ def test_layers_option_and_errors(planted) -> None:
 
 def test_cli_dormant(planted, monkeypatch: pytest.MonkeyPatch) -> None:
     path, loaded, saes, _minimal = planted
-    monkeypatch.setattr(stage3_cli, "_live", lambda study, device, layers: open_live(study, loaded=loaded, saes={k: saes[k] for k in layers}))
-    group = click.Group("analyze")
-    stage3_cli.register(group)
+    monkeypatch.setattr(cli_shell, "open_stage_live", lambda study, device, layers: open_live(study, loaded=loaded, saes={k: saes[k] for k in layers}))
+    group = analyze_group
     out = CliRunner().invoke(group, ["dormant", str(path), "--max-per-layer", "4", "--run", "default"])
     assert out.exit_code == 0, out.output
     assert "restore refusal" in out.output and "saved" in out.output

@@ -20,7 +20,8 @@ from cache.forward import refusal_log_odds
 from cache.interventions import LatentEdit, sae_edits
 from cache.models import LoadedModel
 from cache.pipeline import CacheConfig, run_cache
-from explorer import stage3_cli
+import explorer.cli.shell as cli_shell
+from explorer.cli import analyze as analyze_group
 from explorer.experiments import ExperimentConfig, choose_columns, flipping_sets, run_experiments, sample_design
 from explorer.live import open_live
 from explorer.results import ExperimentResult, FMResult, GreedyResult
@@ -153,9 +154,8 @@ def test_responses_equal_naive_evaluation(tiny_study) -> None:
 def test_cli_experiments_then_fm(tiny_study, monkeypatch: pytest.MonkeyPatch) -> None:
     path, loaded, sae, sets = tiny_study
     n_latents = len(set(sets[0]) | set(sets[1])) + 4
-    monkeypatch.setattr(stage3_cli, "_live", lambda study, device, layers: open_live(study, loaded=loaded, saes={LAYER: sae}))
-    group = click.Group("analyze")
-    stage3_cli.register(group)
+    monkeypatch.setattr(cli_shell, "open_stage_live", lambda study, device, layers: open_live(study, loaded=loaded, saes={LAYER: sae}))
+    group = analyze_group
     runner = CliRunner()
     out = runner.invoke(group, ["fm", str(path), "--run", "cli"])
     assert out.exit_code == 2 and "analyze experiments" in out.output and len(out.output.strip().splitlines()) == 1

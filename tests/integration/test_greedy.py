@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import explorer.analyze_cli as analyze_cli
+import explorer.cli.shell as cli_shell
 from cache.sae import decoder_rows
-from explorer.analyze_cli import analyze_group
+from explorer.cli import analyze as analyze_group
 from explorer.candidates import cosine_scores
 from explorer.evaluate import AblationEvaluator, EvaluatorConfig
 from explorer.greedy import GreedyConfig, run_greedy, search
@@ -128,7 +128,7 @@ def test_start_set_without_the_planted_latents_does_not_flip(planted) -> None:
 
 def test_analyze_cli_runs_the_three_stages_and_explains_missing_inputs(planted, monkeypatch, tmp_path) -> None:
     path, loaded, sae, u = planted
-    monkeypatch.setattr(analyze_cli, "_live", lambda study, device, layers: planted_live(study, loaded, sae))
+    monkeypatch.setattr(cli_shell, "open_stage_live", lambda study, device, layers: planted_live(study, loaded, sae))
     runner = CliRunner()
     missing = runner.invoke(analyze_group, ["greedy", str(path), "--run", "cli-empty"])
     assert missing.exit_code == 2 and "run `refusal-explorer analyze candidates" in missing.output

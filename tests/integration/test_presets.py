@@ -139,7 +139,7 @@ def _direction_and_greedy(study: Path) -> None:
     """Direction → candidates → greedy on a small budget, on the preset's study (the analysis
     commands reload the model and SAE from the same offline cache, by the ids the study records)."""
     try:
-        from explorer.analyze_cli import analyze_group
+        from explorer.cli import analyze as analyze_group
     except ImportError:
         return  # analysis commands not built yet: the cache stage above is the preset's part
     for args in (

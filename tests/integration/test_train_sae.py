@@ -18,7 +18,7 @@ from cache.models import LoadedModel
 from cache.sae import layer_from_hook, load_sae
 from cache.sae_corpus import build_corpus, corpus_digest
 from cache.train_sae import TrainSAEConfig, _prompts, collect_activations, train_saes
-from explorer.train_cli import train_sae_command
+from explorer.cli import cli
 from tests.tiny_models import make_tiny_model
 from tests.tiny_tokenizers import make_tiny_tokenizer
 
@@ -164,12 +164,7 @@ def test_killed_activation_run_resumes_to_the_same_cache(tmp_path: Path, files: 
 
 
 def _cli() -> click.Group:
-    @click.group()
-    def group() -> None:
-        pass
-
-    group.add_command(train_sae_command)
-    return group
+    return cli
 
 
 @pytest.fixture
