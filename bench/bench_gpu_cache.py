@@ -104,7 +104,7 @@ def calibrated_sae(loaded: LoadedModel, token_ids: list[list[int]], layer: int, 
     d_model = int(loaded.model.config.hidden_size)
     sae = make_tiny_sae("jumprelu", d_in=d_model, d_sae=d_sae, layer=layer, seed=0)
     sample = token_ids[:8]
-    resid, _ = forward_with_residuals(loaded.model, loaded.adapter, sample, [layer], [0], pad_token_id(loaded.tokenizer))
+    resid, _ = forward_with_residuals(loaded.model, sample, [layer], [0], pad_token_id(loaded.tokenizer))
     x = resid[layer].reshape(-1, d_model).float().cpu()  # [tokens, d_model]
     with torch.no_grad():
         pre = x @ sae.W_enc + sae.b_enc  # [tokens, d_sae]

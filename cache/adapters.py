@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from store.errors import InputError
@@ -68,11 +67,6 @@ class ModelAdapter:
                 raise InputError(f"refusal token {token!r} is not a single token for this tokenizer ({len(encoded)} tokens)")
             ids.append(encoded[0])
         return ids
-
-    @staticmethod
-    def blocks(model: PreTrainedModel) -> torch.nn.ModuleList:
-        """The decoder blocks; layer L's residual is the output of block L."""
-        return model.model.layers
 
 
 ADAPTERS = {

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from cache.adapters import ModelAdapter
+from cache.hooks import capture_resid
 
 
 def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
@@ -30,26 +29,6 @@ def pad_left(token_ids: Sequence[Sequence[int]], pad_id: int, device: torch.devi
     return {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device), "position_ids": position_ids.to(device)}
 
 
-@contextmanager
-def capture_residuals(model: PreTrainedModel, adapter: ModelAdapter, layers: Sequence[int]) -> Iterator[dict[int, torch.Tensor]]:
-    """Record the output of the chosen decoder blocks during forward passes in the block."""
-    captured: dict[int, torch.Tensor] = {}
-    blocks = adapter.blocks(model)
-
-    def hook_for(layer: int):
-        def hook(module: torch.nn.Module, args: object, output: object) -> None:
-            hidden = output[0] if isinstance(output, tuple) else output
-            captured[layer] = hidden.detach()
-        return hook
-
-    handles = [blocks[layer].register_forward_hook(hook_for(layer)) for layer in layers]
-    try:
-        yield captured
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
 def refusal_log_odds(last_logits: torch.Tensor, refusal_ids: Sequence[int]) -> torch.Tensor:
     """log p − log(1 − p), p = probability that the response starts with a refusal token.
 
@@ -62,14 +41,14 @@ def refusal_log_odds(last_logits: torch.Tensor, refusal_ids: Sequence[int]) -> t
 
 @torch.no_grad()
 def forward_with_residuals(
-    model: PreTrainedModel, adapter: ModelAdapter, token_ids: Sequence[Sequence[int]], layers: Sequence[int],
+    model: PreTrainedModel, token_ids: Sequence[Sequence[int]], layers: Sequence[int],
     refusal_ids: Sequence[int], pad_id: int,
 ) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
     """One batched forward: residuals {layer: [batch, width, d_model]} (left-padded) and the
     refusal score [batch] at the first response position."""
     inputs = pad_left(token_ids, pad_id, model.device)
-    with capture_residuals(model, adapter, layers) as captured:
+    with capture_resid(model, layers) as captured:
         # logits_to_keep=1: only the last position's logits are needed, which saves the large
         # [batch, width, vocab] tensor.
         logits = model(**inputs, use_cache=False, logits_to_keep=1).logits[:, -1]
-    return dict(captured), refusal_log_odds(logits, refusal_ids)
+    return captured.last(), refusal_log_odds(logits, refusal_ids)

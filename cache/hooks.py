@@ -1,10 +1,14 @@
-"""Model plumbing the forward-hook interventions share: the decoder stack, block outputs, and
-hook handles that are always removed."""
+"""The one hook layer (ARCHITECTURE §6): finding the decoder blocks, reading and replacing a
+block's hidden state, capturing residuals, and hook handles that are always removed.
+
+The cache (``cache.forward``), the interventions (``cache.interventions``,
+``cache.directions``) and the ablation evaluator (``explorer.evaluate``) all go through it, so
+"layer L" means the same thing everywhere: the output of ``decoder_layers(model)[L]``."""
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -101,3 +105,52 @@ def kv_cache_kwargs(model: nn.Module) -> dict[str, Any]:
     params = inspect.signature(model.forward).parameters
     keyword = "cache" if "cache" in params else "past_key_values"
     return {keyword: DynamicCache(), "use_cache": True}
+
+
+class _StopForward(Exception):
+    """Raised by ``capture_resid(stop=True)`` after the last requested layer."""
+
+
+class Residuals(dict):
+    """``{layer: [residual per forward]}`` from ``capture_resid``; ``as_tuple`` records whether
+    the blocks returned a tuple (older transformers) or a bare tensor (None: nothing ran)."""
+
+    as_tuple: bool | None = None
+
+    def last(self) -> dict[int, torch.Tensor]:
+        """The residual of the latest forward at each layer that saw one."""
+        return {layer: seen[-1] for layer, seen in self.items() if seen}
+
+
+@contextmanager
+def capture_resid(model: nn.Module, layers: Sequence[int], *, stop: bool = False) -> Iterator[Residuals]:
+    """Capture the residual at ``layers`` (block outputs, detached), one tensor per forward.
+
+    Hooks registered earlier (edits, ablations) run first, so the capture sees their effect.
+    With ``stop=True`` the forward is cut short after the last requested layer: the model
+    call raises an internal exception that this context manager swallows, so put the model
+    call last in the ``with`` block.
+    """
+    blocks = decoder_layers(model)
+    wanted = sorted(set(layers))
+    for layer in wanted:
+        check_layer(blocks, layer)
+    out = Residuals({layer: [] for layer in wanted})
+    last = wanted[-1] if wanted else None
+
+    def make_hook(layer: int) -> Callable:
+        def hook(_module: nn.Module, _args: tuple, output: Any) -> None:
+            out.as_tuple = isinstance(output, tuple)
+            out[layer].append(block_hidden(output).detach())
+            if stop and layer == last:
+                raise _StopForward
+
+        return hook
+
+    with collected_hooks() as handles:
+        for layer in wanted:
+            handles.append(blocks[layer].register_forward_hook(make_hook(layer)))
+        try:
+            yield out
+        except _StopForward:
+            pass

@@ -42,9 +42,10 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import nn
 
-from cache.hooks import (
+from cache.hooks import (  # capture_resid: re-exported, the callers' historical home
     ForwardState,
     block_hidden,
+    capture_resid,
     check_layer,
     collected_hooks,
     decoder_layers,
@@ -373,50 +374,6 @@ def sae_edits(
 
     with sae_splice(model, saes, transform, record=record) as rec:
         yield rec
-
-
-# --------------------------------------------------------------------------------------------
-# Capture
-# --------------------------------------------------------------------------------------------
-
-
-class _StopForward(Exception):
-    """Raised by ``capture_resid(stop=True)`` after the last requested layer."""
-
-
-@contextmanager
-def capture_resid(
-    model: nn.Module, layers: Sequence[int], *, stop: bool = False
-) -> Iterator[dict[int, list[torch.Tensor]]]:
-    """Capture the residual at ``layers`` (block outputs, detached), one tensor per forward.
-
-    Hooks registered earlier (edits, ablations) run first, so the capture sees their effect.
-    With ``stop=True`` the forward is cut short after the last requested layer: the model
-    call raises an internal exception that this context manager swallows, so put the model
-    call last in the ``with`` block.
-    """
-    _base, blocks = decoder_stack(model)
-    wanted = sorted(set(layers))
-    for layer in wanted:
-        check_layer(blocks, layer)
-    out: dict[int, list[torch.Tensor]] = {layer: [] for layer in wanted}
-    last = wanted[-1] if wanted else None
-
-    def make_hook(layer: int) -> Callable:
-        def hook(_module: nn.Module, _args: tuple, output: Any) -> None:
-            out[layer].append(block_hidden(output).detach())
-            if stop and layer == last:
-                raise _StopForward
-
-        return hook
-
-    with collected_hooks() as handles:
-        for layer in wanted:
-            handles.append(blocks[layer].register_forward_hook(make_hook(layer)))
-        try:
-            yield out
-        except _StopForward:
-            pass
 
 
 __all__ = [

@@ -230,7 +230,7 @@ def _cache_batch(
     from cache import sae as sae_lib
 
     token_ids = [loaded.adapter.encode(loaded.tokenizer, prompt.text) for prompt in prompts]
-    resid, score = forward_with_residuals(loaded.model, loaded.adapter, token_ids, config.layers, refusal_ids, pad_id)
+    resid, score = forward_with_residuals(loaded.model, token_ids, config.layers, refusal_ids, pad_id)
     width = max(len(ids) for ids in token_ids)
     # real tokens of row i are its last len_i columns (left padding)
     real = torch.cat([torch.arange(width - len(ids), width) + row * width for row, ids in enumerate(token_ids)])

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from cache.adapters import n_layers
 from cache.forward import pad_left, pad_token_id
-from cache.interventions import capture_resid
+from cache.hooks import capture_resid
 from cache.models import LoadedModel, load_model
 from cache.prompts import Prompt, demo_prompts, load_prompts, split_prompts
 from cache.pipeline import package_versions

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from cache.forward import pad_left, refusal_log_odds
 from cache.directions import direction_ablation
-from cache.interventions import capture_resid
+from cache.hooks import capture_resid
 from cache.sae import decode, decoder_rows, encode
 from explorer.evaluate import AblationEvaluator, EvaluatorConfig
 from explorer.live import LiveContext, prompt_token_ids, select_prompts

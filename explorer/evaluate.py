@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from cache.forward import pad_left, refusal_log_odds
-from cache.hooks import decoder_layers
+from cache.hooks import capture_resid, decoder_layers
 from cache.sae import decode, encode
 from store.errors import InputError
 
@@ -118,10 +118,6 @@ def replay_from_layer(model: nn.Module, layer: int, resid: torch.Tensor, *, as_t
             layers[i] = block
 
 
-class _StopAtLayer(Exception):
-    pass
-
-
 @dataclass
 class EvalOutput:
     """What ``AblationEvaluator.run`` returns."""
@@ -173,28 +169,16 @@ class AblationEvaluator:
 
     @torch.no_grad()
     def _prepare(self) -> None:
-        block = decoder_layers(self.model)[self.layer]
-        captured: dict[str, Any] = {}
-
-        def hook(_module: nn.Module, _args: tuple, output: Any) -> None:
-            captured["tuple"] = isinstance(output, tuple)
-            captured["hidden"] = (output[0] if isinstance(output, tuple) else output).detach()
-            raise _StopAtLayer
-
         w = self.sae.W_dec
+        as_tuple = None
         step = self.config.prepare_batch
         for start in range(0, self.n_prompts, step):
             chunk = self.token_ids[start : start + step]
             inputs = pad_left(chunk, self.pad_id, self.model.device)
-            handle = block.register_forward_hook(hook)
-            try:
+            with capture_resid(self.model, [self.layer], stop=True) as captured:
                 self.model(**inputs, use_cache=False)
-            except _StopAtLayer:
-                pass
-            finally:
-                handle.remove()
             self.n_prepare_forwards += 1
-            hidden = captured["hidden"]  # [chunk, width, d_model]
+            hidden, as_tuple = captured[self.layer][-1], captured.as_tuple  # [chunk, width, d_model]
             width = hidden.shape[1]
             for row, ids in enumerate(chunk):
                 resid = hidden[row, width - len(ids) :].to(device=w.device, dtype=w.dtype)  # [len, d_model]
@@ -203,7 +187,7 @@ class AblationEvaluator:
                 self.codes.append(codes)
                 self.error.append(resid - decode(self.sae, codes))
                 self.position_mask.append(self._positions(len(ids)))
-        self._as_tuple = bool(captured.get("tuple", False))
+        self._as_tuple = bool(as_tuple)
 
     def _positions(self, length: int) -> torch.Tensor:
         mask = torch.zeros(length, dtype=torch.bool, device=self.sae.W_dec.device)
@@ -244,26 +228,16 @@ class AblationEvaluator:
         padded = torch.stack([
             torch.nn.functional.pad(r.to(device=self.model.device, dtype=dtype), (0, 0, width - r.shape[0], 0)) for r in resid
         ])  # [rows, width, d_model]
-        captured: dict[int, torch.Tensor] = {}
-        handles = []
-        layers = decoder_layers(self.model)
+        n_layers = len(decoder_layers(self.model))
         for layer in capture:
-            if not self.layer < layer < len(layers):
+            if not self.layer < layer < n_layers:
                 raise InputError(f"capture layer {layer} must come after the ablation layer {self.layer}")
-
-            def hook(_m: nn.Module, _a: tuple, output: Any, layer: int = layer) -> None:
-                captured[layer] = (output[0] if isinstance(output, tuple) else output).detach()
-
-            handles.append(layers[layer].register_forward_hook(hook))
-        try:
-            with replay_from_layer(self.model, self.layer, padded, as_tuple=self._as_tuple):
-                logits = self.model(**inputs, use_cache=False, logits_to_keep=1).logits[:, -1]  # [rows, vocab]
-        finally:
-            for handle in handles:
-                handle.remove()
+        with capture_resid(self.model, capture) as captured, \
+                replay_from_layer(self.model, self.layer, padded, as_tuple=self._as_tuple):
+            logits = self.model(**inputs, use_cache=False, logits_to_keep=1).logits[:, -1]  # [rows, vocab]
         self.n_forwards += 1
         self.n_rows += len(prompts)
-        return logits, captured
+        return logits, captured.last()
 
     def edited_resid(self, prompt: int, masks: torch.Tensor) -> torch.Tensor:
         """Layer-L residuals [B, len_p, d_model] of one prompt with each mask row's latents ablated."""
