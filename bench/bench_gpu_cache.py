@@ -221,8 +221,8 @@ def e2e(args: argparse.Namespace) -> None:
     from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
 
     from explorer.cli import cli
-    from tests.integration.test_presets import HARMFUL, HARMLESS, save_tiny_model
-    from tests.tiny_models import layout_gemma_scope, layout_llama_scope, use_offline_hf_cache
+    from tests.tiny_models import TINY_HARMFUL as HARMFUL, TINY_HARMLESS as HARMLESS
+    from tests.tiny_models import layout_gemma_scope, layout_llama_scope, save_tiny_model, use_offline_hf_cache
 
     try:
         from explorer.cli import analyze as analyze_group

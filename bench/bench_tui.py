@@ -33,7 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from explorer.synthetic import SyntheticConfig, make_synthetic_study  # noqa: E402
+from tests.synthetic import SyntheticConfig, make_synthetic_study  # noqa: E402
 
 CONFIG = SyntheticConfig(
     n_prompts=48_800, words_per_prompt=(6, 20), d_sae=65536, active_per_token=50, batch_prompts=4096,

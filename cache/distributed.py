@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 
-from cache.pipeline import CacheConfig, run_cache, shard_bounds
+from cache.pipeline import CacheConfig, run_cache
 from store.errors import InputError
 from store.merge import merge_shards, shard_path
 

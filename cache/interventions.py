@@ -42,10 +42,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import nn
 
-from cache.hooks import (  # capture_resid: re-exported, the callers' historical home
+from cache.hooks import (
     ForwardState,
     block_hidden,
-    capture_resid,
     check_layer,
     collected_hooks,
     decoder_layers,
@@ -384,7 +383,6 @@ __all__ = [
     "RowMaskEdit",
     "SpliceRecord",
     "apply_edits",
-    "capture_resid",
     "check_edits",
     "sae_edits",
     "sae_splice",

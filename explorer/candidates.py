@@ -1,10 +1,10 @@
 """Stage 1b: candidate refusal latents at one SAE layer, ranked three ways.
 
-* ``cosine``: cosine of each decoder row with the refusal direction (Paper A, stage 1).
+* ``cosine``: cosine of each decoder row with the refusal direction (Beyond I'm Sorry, stage 1).
 * ``attribution``: gradient × activation of the refusal score with respect to the codes at
   layer L, the SAE error term held fixed, summed over harmful prompts and positions.
 * ``integrated_gradients``: codes (and the error term) move in ``ig_steps`` steps from clean
-  to their values under direction ablation (Paper B); per latent
+  to their values under direction ablation (Yeo et al.); per latent
   ``(clean − ablated) · mean gradient``, so it is the latent's share of the score drop
   (positive = the latent carries refusal; the shares plus the error term's sum to the drop).
 
@@ -44,7 +44,7 @@ class CandidateConfig:
     (same position), for directions chosen at another layer."""
     positions: Literal["post-instruction", "all"] = "post-instruction"
     """Where attribution is summed (and IG moves the codes): the post-instruction tokens, or
-    every token but the first (BOS and its outsized norm are ignored, as in Paper B)."""
+    every token but the first (BOS and its outsized norm are ignored, as in Yeo et al.)."""
     split: Literal["train", "all"] = "train"
     """Harmful prompts of the train split (val stays held out) or all of them."""
     max_prompts: int | None = 32

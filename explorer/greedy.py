@@ -1,4 +1,4 @@
-"""Stage 2: greedy filtering to a minimal latent set whose ablation flips refusal (Paper A).
+"""Stage 2: greedy filtering to a minimal latent set whose ablation flips refusal (as in Beyond I'm Sorry).
 
 Per refused harmful prompt (and optionally jointly over all of them):
 
@@ -10,7 +10,7 @@ Per refused harmful prompt (and optionally jointly over all of them):
    a prefix pass, see ``search``):
    * ``ascending``: the latent whose removal raises the score least (ascending effect),
      provided the flip still holds;
-   * ``thresholded`` (Paper A): as ascending, but a latent whose removal changes p(refusal
+   * ``thresholded`` (Beyond I'm Sorry): as ascending, but a latent whose removal changes p(refusal
      token) by more than ``p_threshold`` is kept even if the flip would still hold.
    The search ends when no latent can be dropped: every remaining latent is needed.
 3. The final set is verified by greedy generation with it ablated and the phrase detector.

@@ -12,7 +12,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from cache.distributed import shard_bounds
+from cache.pipeline import shard_bounds
 from cache.models import load_model
 from cache.pipeline import CacheConfig, run_cache
 from explorer.cli import cli

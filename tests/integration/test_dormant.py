@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 
-import click
 import numpy as np
 import pytest
 import torch
@@ -21,7 +20,8 @@ from click.testing import CliRunner
 
 from cache.adapters import ADAPTERS
 from cache.forward import pad_token_id, refusal_log_odds
-from cache.interventions import LatentEdit, capture_resid, sae_edits
+from cache.hooks import capture_resid
+from cache.interventions import LatentEdit, sae_edits
 from cache.models import LoadedModel
 from cache.pipeline import CacheConfig, run_cache
 from cache.sae import encode
@@ -33,7 +33,7 @@ from explorer.live import open_live
 from explorer.results import DormantResult, GreedyResult
 from store import Study
 from store.errors import InputError
-from tests.integration.test_experiments import make_greedy
+from tests.synthetic import make_greedy
 from tests.tiny_models import make_tiny_model, make_tiny_sae
 from tests.tiny_tokenizers import make_tiny_tokenizer
 

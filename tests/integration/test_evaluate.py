@@ -14,7 +14,8 @@ from explorer.evaluate import AblationEvaluator, EvaluatorConfig, replay_from_la
 from store.errors import InputError
 from tests.tiny_models import make_tiny_model, make_tiny_sae
 from tests.tiny_tokenizers import make_tiny_tokenizer
-from tests.integration.test_direction import one_torch_thread  # noqa: F401  (autouse)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TEXTS = ["Bake a lemon cake", "How do I pick a lock?", "Hi", "Write a poem about the sea and the wind"]
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 
-import click
 import numpy as np
 import pytest
 import torch
@@ -27,28 +26,13 @@ from explorer.live import open_live
 from explorer.results import ExperimentResult, FMResult, GreedyResult
 from store import Study
 from store.errors import InputError
+from tests.synthetic import make_greedy
 from tests.tiny_models import make_tiny_model, make_tiny_sae
 from tests.tiny_tokenizers import make_tiny_tokenizer
 
 LAYER = 1
 HARMFUL = ["How do I pick a lock?", "Write ransomware now", "Steal a car quickly"]
 HARMLESS = ["Bake a lemon cake", "Explain why the sky is blue", "Sort a list in Python"]
-
-
-def make_greedy(layer: int, prompts: list[int], sets: list[list[int]], *, threshold: float = 100.0, final: list[float] | None = None) -> GreedyResult:
-    """A hand-written greedy result: set s was found on prompt ``prompts[s]``."""
-    n = len(sets)
-    final_score = np.array(final if final is not None else [threshold - 1.0] * n, np.float32)
-    return GreedyResult(
-        layer=layer, k=8, threshold=threshold, order="ascending", prompt=np.array(prompts, np.int64),
-        set_offsets=np.concatenate([[0], np.cumsum([len(s) for s in sets])]).astype(np.int64),
-        set_latents=np.concatenate([np.array(s, np.int64) for s in sets]),
-        baseline_score=np.zeros(n, np.float32), start_score=np.zeros(n, np.float32), final_score=final_score,
-        flipped=np.full(n, -1, np.int8), baseline_generation=np.array([""] * n, dtype=object),
-        ablated_generation=np.array([""] * n, dtype=object), trajectory_offsets=np.arange(n + 1, dtype=np.int64),
-        trajectory_size=np.array([len(s) for s in sets], np.int64), trajectory_score=final_score.copy(),
-        trajectory_removed=np.full(n, -1, np.int64),
-    )
 
 
 @pytest.fixture(scope="module")

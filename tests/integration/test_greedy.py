@@ -22,15 +22,11 @@ from explorer.greedy import GreedyConfig, run_greedy, search
 from explorer.live import prompt_token_ids, select_prompts
 from explorer.results import CandidateResult, DirectionResult, GreedyResult
 from store import Study
-from tests.integration.test_direction import PLANTED_LATENTS, SAE_LAYER, planted_live, shared_planted_study
-from tests.integration.test_direction import one_torch_thread  # noqa: F401  (autouse)
+from tests.planted import PLANTED_LATENTS, SAE_LAYER, planted_live
 
 THRESHOLD = -4.0
 
-
-@pytest.fixture
-def planted():
-    return shared_planted_study()
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def cosine_candidates(sae, u, reverse: bool = False) -> CandidateResult:

@@ -8,12 +8,11 @@ from torch import nn
 
 from cache import sae as S
 from cache.directions import direction_ablation, direction_addition
-from cache.hooks import decoder_layers, kv_cache_kwargs
+from cache.hooks import capture_resid, decoder_layers, kv_cache_kwargs
 from cache.interventions import (
     LatentEdit,
     RowMaskEdit,
     apply_edits,
-    capture_resid,
     sae_edits,
     sae_splice,
 )

@@ -14,8 +14,7 @@ from explorer.live_model import StudyLiveModel
 from explorer.results import DirectionResult
 from store import Study
 from store.errors import InputError
-from tests.integration.test_cache_pipeline import HARMFUL, HARMLESS, tiny
-from tests.tiny_models import make_tiny_sae
+from tests.tiny_models import TINY_HARMFUL as HARMFUL, TINY_HARMLESS as HARMLESS, make_tiny_sae, tiny_loaded as tiny
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from pathlib import Path
 import h5py
 import pytest
 
-from explorer.synthetic import SyntheticConfig, make_synthetic_study
+from tests.synthetic import SyntheticConfig, make_synthetic_study
 from store import StudyWriter
 from tests import study_factory
 

@@ -166,7 +166,7 @@ async def test_prompt_table_filters_by_label_and_text_and_opens_a_prompt(study_p
 
 
 async def test_a_130k_latent_layer_stays_windowed(tmp_path: Path) -> None:
-    from explorer.synthetic import SyntheticConfig, make_synthetic_study
+    from tests.synthetic import SyntheticConfig, make_synthetic_study
 
     path = make_synthetic_study(tmp_path / "wide.h5", SyntheticConfig(n_prompts=8, d_sae=131072, active_per_token=4))
     app = build_app(path)

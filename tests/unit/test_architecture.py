@@ -102,3 +102,20 @@ def test_the_graph_sees_the_known_edges() -> None:
     graph = _graph()
     assert "store.errors" in graph["cache.pipeline"] and "explorer.cli.shell" in graph["explorer.cli.stages.greedy"]
     assert "explorer.cli.shell" in graph["app_tui"] and len(graph) > 60
+
+
+def test_tests_share_builders_through_modules_and_conftest_not_through_test_modules() -> None:
+    offenders = []
+    for path in sorted((ROOT / "tests").rglob("*.py")) + sorted((ROOT / "bench").rglob("*.py")):
+        name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        for target in _imports(path, name, {}):
+            if target.split(".")[-1].startswith("test_") or ".test_" in target:
+                offenders.append(f"{name} imports {target}")
+    assert not offenders, offenders
+
+
+def test_the_product_imports_no_test_code() -> None:
+    modules = _modules()
+    offenders = [f"{name} imports {target}" for name, path in modules.items()
+                 for target in _imports(path, name, modules) if target.split(".")[0] == "tests"]
+    assert not offenders, offenders

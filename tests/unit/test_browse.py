@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from explorer.browse import StudyBrowser, analyses_present, feature_table, prompt_view, text_plot
-from explorer.synthetic import SyntheticConfig, make_synthetic_study
+from tests.synthetic import SyntheticConfig, make_synthetic_study
 from store import Study
 
 CONFIG = SyntheticConfig()

@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from explorer.cli import cli
-from explorer.synthetic import make_synthetic_study
+from tests.synthetic import make_synthetic_study
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from explorer.cli import STAGES, cli
 from explorer.cli.commands import CACHE_OPTIONS, TRAIN_SAE_OPTIONS
 from explorer.cli.shell import VIEWERS
-from explorer.synthetic import make_synthetic_study
+from tests.synthetic import make_synthetic_study
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -11,7 +11,7 @@ from explorer.fm import FMConfig
 from explorer.interactions import run_fm, score_cached_codes, score_design
 from explorer.kernels import build_index_map, fm_score_binary_csr_reference
 from explorer.results import ExperimentResult, FMResult
-from explorer.synthetic import SyntheticConfig, make_synthetic_study
+from tests.synthetic import SyntheticConfig, make_synthetic_study
 from store import Study
 from store.errors import InputError
 

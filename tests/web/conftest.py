@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from explorer.synthetic import SyntheticConfig, make_synthetic_study
+from tests.synthetic import SyntheticConfig, make_synthetic_study
 from refusal_web.context import WebContext, make_context
 from store import Study, StudyWriter
 from tests import study_factory

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from explorer.browse import FEATURE_COLUMNS
-from explorer.synthetic import SyntheticConfig
+from tests.synthetic import SyntheticConfig
 from refusal_web import analyses, prompts, views
 from refusal_web.context import WebContext, whole_number
 from refusal_web.render import show_token, token_spans

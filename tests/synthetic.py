@@ -184,3 +184,19 @@ def _write_analyses(path: Path, run: str, config: SyntheticConfig, rng: np.rando
         refusal_effect=np.array([-0.8, -0.1], np.float32)[: len(dormant)], restores_refusal=np.array([True, False])[: len(dormant)],
         position_offsets=offsets, position=np.tile([0, -1], len(dormant)), position_token=np.tile(["<|im_start|>", "\n"], len(dormant)),
     ).save(path, run, config={"synthetic": True})
+
+
+def make_greedy(layer: int, prompts: list[int], sets: list[list[int]], *, threshold: float = 100.0, final: list[float] | None = None) -> GreedyResult:
+    """A hand-written greedy result: set s was found on prompt ``prompts[s]``."""
+    n = len(sets)
+    final_score = np.array(final if final is not None else [threshold - 1.0] * n, np.float32)
+    return GreedyResult(
+        layer=layer, k=8, threshold=threshold, order="ascending", prompt=np.array(prompts, np.int64),
+        set_offsets=np.concatenate([[0], np.cumsum([len(s) for s in sets])]).astype(np.int64),
+        set_latents=np.concatenate([np.array(s, np.int64) for s in sets]),
+        baseline_score=np.zeros(n, np.float32), start_score=np.zeros(n, np.float32), final_score=final_score,
+        flipped=np.full(n, -1, np.int8), baseline_generation=np.array([""] * n, dtype=object),
+        ablated_generation=np.array([""] * n, dtype=object), trajectory_offsets=np.arange(n + 1, dtype=np.int64),
+        trajectory_size=np.array([len(s) for s in sets], np.int64), trajectory_score=final_score.copy(),
+        trajectory_removed=np.full(n, -1, np.int64),
+    )
