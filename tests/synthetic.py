@@ -8,9 +8,11 @@ app be tested and timed on any size of study (e.g. 1M tokens × 65k latents) in 
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 from explorer.results import (
@@ -184,6 +186,15 @@ def _write_analyses(path: Path, run: str, config: SyntheticConfig, rng: np.rando
         refusal_effect=np.array([-0.8, -0.1], np.float32)[: len(dormant)], restores_refusal=np.array([True, False])[: len(dormant)],
         position_offsets=offsets, position=np.tile([0, -1], len(dormant)), position_token=np.tile(["<|im_start|>", "\n"], len(dormant)),
     ).save(path, run, config={"synthetic": True})
+
+
+def copy_without(source: Path, path: Path, *groups: str) -> Path:
+    """A copy of the study ``source`` at ``path`` with ``groups`` deleted (a study that lacks them)."""
+    shutil.copy(source, path)
+    with h5py.File(path, "r+") as file:
+        for group in groups:
+            del file[group]
+    return path
 
 
 def make_greedy(layer: int, prompts: list[int], sets: list[list[int]], *, threshold: float = 100.0, final: list[float] | None = None) -> GreedyResult:

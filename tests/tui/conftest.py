@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from pathlib import Path
 
-import h5py
 import pytest
 
-from tests.synthetic import SyntheticConfig, make_synthetic_study
 from store import StudyWriter
 from tests import study_factory
+from tests.synthetic import SyntheticConfig, copy_without, make_synthetic_study
 
 
 @pytest.fixture(scope="session")
@@ -23,21 +21,13 @@ def study_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def bare_path(study_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same study with no analysis run at all."""
-    path = tmp_path_factory.mktemp("tui") / "bare.h5"
-    shutil.copy(study_path, path)
-    with h5py.File(path, "r+") as file:
-        del file["analysis"]
-    return path
+    return copy_without(study_path, tmp_path_factory.mktemp("tui") / "bare.h5", "analysis")
 
 
 @pytest.fixture(scope="session")
 def unindexed_path(study_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Codes cached but the per-latent index never built (an interrupted cache)."""
-    path = tmp_path_factory.mktemp("tui") / "unindexed.h5"
-    shutil.copy(study_path, path)
-    with h5py.File(path, "r+") as file:
-        del file["layers/6/by_feature"]
-    return path
+    return copy_without(study_path, tmp_path_factory.mktemp("tui") / "unindexed.h5", "layers/6/by_feature")
 
 
 @pytest.fixture(scope="session")
