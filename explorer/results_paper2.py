@@ -1,0 +1,118 @@
+"""Typed results of the second paper's stages (Yeo et al. 2025): graph, categories,
+jailbreak, probe, stored under /analysis/<run>/<stage> like the other stages' results.
+
+Kept apart from the stages' code so viewers read them without importing torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from explorer.results import StageResult
+from explorer.stats import wilson
+
+
+@dataclass(frozen=True, kw_only=True)
+class GraphResult(StageResult):
+    """Upstream (layer U) → downstream (layer D) latent edges and each latent's effect on the score."""
+
+    STAGE: ClassVar[str] = "graph"
+    COMMAND: ClassVar[str] = "refusal-explorer analyze graph"
+    upstream_layer: int
+    downstream_layer: int
+    upstream: np.ndarray  # int [U]
+    downstream: np.ndarray  # int [D]
+    weight: np.ndarray  # float32 [U, D]: measured a_d(clean) − a_d(u ablated)
+    estimate: np.ndarray  # float32 [U, D]: gradient × activation of the same
+    kept: np.ndarray  # bool [U, D]: edges above the threshold and the control floor
+    upstream_score: np.ndarray  # float32 [U]: measured score drop when u is ablated
+    upstream_score_estimate: np.ndarray  # float32 [U]
+    downstream_score: np.ndarray  # float32 [D]
+    downstream_score_estimate: np.ndarray  # float32 [D]
+    upstream_activation: np.ndarray  # float32 [U]: mean clean code over post-instruction tokens and prompts
+    downstream_activation: np.ndarray  # float32 [D]
+    control_latents: np.ndarray  # int [C]: random active U-latents
+    control_weight: np.ndarray  # float32 [C, D]
+    prompts: np.ndarray  # int [P]
+    threshold: float  # the absolute |weight| threshold applied
+    control_floor: float  # 95th percentile of |control_weight| (nan without controls)
+    spearman: float  # rank correlation of weight and estimate over every u→d pair
+    sign_agreement: float  # share of kept edges whose estimate has the measured sign (nan: none kept)
+    score_spearman: float  # the same for the latent→score edges (U and D together)
+    baseline_score: float  # mean refusal score of the prompts
+
+    @property
+    def n_edges(self) -> int:
+        return int(self.kept.sum())
+
+    def edges(self) -> list[tuple[int, int, float, float]]:
+        """Kept edges (upstream latent, downstream latent, weight, estimate), strongest first."""
+        rows = [
+            (int(self.upstream[i]), int(self.downstream[j]), float(self.weight[i, j]), float(self.estimate[i, j]))
+            for i, j in zip(*np.nonzero(self.kept))
+        ]
+        return sorted(rows, key=lambda edge: -abs(edge[2]))
+
+
+def _csr(offsets: np.ndarray, values: np.ndarray, index: int) -> np.ndarray:
+    return values[offsets[index] : offsets[index + 1]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class CategoryResult(StageResult):
+    """Refusal latents per harm category: shared, specific, and the transfer matrix.
+
+    Per-category lists are CSR: category c's top latents by attribution are
+    ``top_latents[top_offsets[c]:top_offsets[c+1]]`` (likewise the other lists)."""
+
+    STAGE: ClassVar[str] = "categories"
+    COMMAND: ClassVar[str] = "refusal-explorer analyze categories"
+    layer: int
+    source: str  # "study" or the table file the prompts came from
+    categories: np.ndarray  # str [C]
+    category_size: np.ndarray  # int [C]: prompts used per category
+    n_harmless: int
+    attribution: np.ndarray  # float32 [C, d_sae]: mean gradient × activation on the refusal score
+    activation_diff: np.ndarray  # float32 [C, d_sae]: mean code − mean harmless code
+    top_offsets: np.ndarray  # int64 [C+1]
+    top_latents: np.ndarray  # int: top-k by attribution, positive only
+    top_activation_offsets: np.ndarray
+    top_activation_latents: np.ndarray  # int: top-k by activation difference
+    shared_attribution: np.ndarray  # int: in every category's top-k by attribution
+    shared_activation: np.ndarray
+    specific_offsets: np.ndarray
+    specific_latents: np.ndarray  # int: specific to each category, by attribution
+    specific_activation_offsets: np.ndarray
+    specific_activation_latents: np.ndarray
+    control_specific: np.ndarray  # float32 [shuffles]: specific count with shuffled labels
+    control_shared: np.ndarray  # float32 [shuffles]
+    transfer_flips: np.ndarray  # int [C+1, C]: row a's set ablated, flips among column b's refused prompts (last row: random control)
+    transfer_refused: np.ndarray  # int [C]: refused prompts per category at baseline
+    transfer_drop: np.ndarray  # float32 [C+1, C]: mean refusal-score drop
+    control_latents: np.ndarray  # int [k]: the random control set
+    threshold: float
+    top_k: int
+    specific_ratio: float
+
+    def top_of(self, index: int, measure: str = "attribution") -> np.ndarray:
+        if measure == "attribution":
+            return _csr(self.top_offsets, self.top_latents, index)
+        return _csr(self.top_activation_offsets, self.top_activation_latents, index)
+
+    def specific_of(self, index: int, measure: str = "attribution") -> np.ndarray:
+        if measure == "attribution":
+            return _csr(self.specific_offsets, self.specific_latents, index)
+        return _csr(self.specific_activation_offsets, self.specific_activation_latents, index)
+
+    def transfer_rates(self) -> np.ndarray:
+        """Flip rate [C+1, C] (nan where a category has no refused prompt)."""
+        refused = self.transfer_refused[None].astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(refused > 0, self.transfer_flips / np.maximum(refused, 1), np.nan)
+
+    def transfer_interval(self, a: int, b: int) -> tuple[float, float]:
+        return wilson(int(self.transfer_flips[a, b]), int(self.transfer_refused[b]))
