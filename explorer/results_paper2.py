@@ -116,3 +116,41 @@ class CategoryResult(StageResult):
 
     def transfer_interval(self, a: int, b: int) -> tuple[float, float]:
         return wilson(int(self.transfer_flips[a, b]), int(self.transfer_refused[b]))
+
+
+@dataclass(frozen=True, kw_only=True)
+class JailbreakResult(StageResult):
+    """Plain vs wrapped harmful requests: refusal scores, refusal latents, damping tokens.
+
+    Pairs are flat: pair m wraps plain prompt ``pair_plain[m]`` with wrapper ``pair_wrapper[m]``."""
+
+    STAGE: ClassVar[str] = "jailbreak"
+    COMMAND: ClassVar[str] = "refusal-explorer analyze jailbreak"
+    layer: int
+    latents: np.ndarray  # int [k]: the refusal latents followed
+    wrappers: np.ndarray  # str [W]
+    wrapper_kind: np.ndarray  # str [W]
+    plain_text: np.ndarray  # str [N]
+    wrapped_text: np.ndarray  # str [M]
+    pair_plain: np.ndarray  # int [M]
+    pair_wrapper: np.ndarray  # int [M]
+    plain_score: np.ndarray  # float32 [N]: fast refusal score
+    wrapped_score: np.ndarray  # float32 [M]
+    plain_latents: np.ndarray  # float32 [N, k]: mean code over the post-instruction tokens
+    wrapped_latents: np.ndarray  # float32 [M, k]
+    token: np.ndarray  # str [T]: wrapper tokens, most damping (most negative summed attribution) first
+    token_attribution: np.ndarray  # float32 [T]: summed input × gradient on Σ refusal latents
+    token_count: np.ndarray  # int [T]: wrapped prompts containing it
+    verified_token: np.ndarray  # str [V]: top damping tokens checked by occlusion
+    verified_latent_change: np.ndarray  # float32 [V, k]: mean code change when the token is zeroed (positive: it damped the latent)
+    verified_score_change: np.ndarray  # float32 [V]
+    verified_rows: np.ndarray  # int [V]: prompts the check averaged over
+    threshold: float
+    source: str  # "templates" or the pairs file
+
+    def rates(self) -> list[tuple[str, int, int]]:
+        """(wrapper, refused, n) per wrapper at the study's threshold."""
+        return [
+            (str(name), int((self.wrapped_score[self.pair_wrapper == w] > self.threshold).sum()), int((self.pair_wrapper == w).sum()))
+            for w, name in enumerate(self.wrappers)
+        ]
