@@ -154,3 +154,27 @@ class JailbreakResult(StageResult):
             (str(name), int((self.wrapped_score[self.pair_wrapper == w] > self.threshold).sum()), int((self.pair_wrapper == w).sum()))
             for w, name in enumerate(self.wrappers)
         ]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProbeResult(StageResult):
+    """Logistic probes (refusal latents, random latents, dense residual) in and out of distribution."""
+
+    STAGE: ClassVar[str] = "probe"
+    COMMAND: ClassVar[str] = "refusal-explorer analyze probe"
+    layer: int
+    latents: np.ndarray  # int [k]: the refusal latents
+    random_latents: np.ndarray  # int [seeds, k]
+    probes: np.ndarray  # str [3]: "refusal latents", "random latents", "dense residual"
+    sets: np.ndarray  # str [T]: "in-distribution", "wrapped", "second data set"
+    set_size: np.ndarray  # int [T]
+    set_positives: np.ndarray  # int [T]: harmful prompts in the set
+    accuracy: np.ndarray  # float32 [3, T] (random latents: mean over seeds)
+    accuracy_interval: np.ndarray  # float32 [3, T, 2]: 95% bootstrap over test prompts
+    auroc: np.ndarray  # float32 [3, T]
+    auroc_interval: np.ndarray  # float32 [3, T, 2]
+    random_seed_accuracy: np.ndarray  # float32 [seeds, T]
+    random_seed_auroc: np.ndarray  # float32 [seeds, T]
+    train_accuracy: np.ndarray  # float32 [3]
+    n_train: int
+    l2: float
