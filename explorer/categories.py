@@ -56,14 +56,21 @@ class CategoryConfig:
     min_prompts: int = 3
     """Categories with fewer prompts are left out."""
     max_per_category: int = 8
+    """Prompts used per category (the first ones)."""
     max_harmless: int = 16
     """Harmless prompts of the study (train split) the activation difference is taken against."""
     top_k: int = 10
+    """A category's latents: its top-k by each measure (positive values only)."""
     specific_ratio: float = 0.25
+    """Specific to c: at most this share of its value in c in every other category."""
     shuffles: int = 20
+    """Label shuffles for the chance level of the shared/specific counts."""
     seed: int = 0
+    """Seed of the shuffles and of the random control set."""
     max_batch: int = 32
+    """Rows (set × prompt) per batched forward of the transfer matrix."""
     batch_size: int = 8
+    """Prompts per forward or gradient pass."""
 
     def __post_init__(self) -> None:
         if self.min_prompts < 1 or self.max_per_category < self.min_prompts or self.max_harmless < 1:

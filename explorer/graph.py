@@ -55,18 +55,25 @@ class GraphConfig:
     downstream: tuple[int, ...] | None = None
     """Downstream latents to use (default: the top ``k_downstream`` by attribution at D)."""
     k_upstream: int = 8
+    """Upstream latents when not given: the top by attribution at U."""
     k_downstream: int = 12
+    """Downstream latents when not given: the top by attribution at D."""
     max_prompts: int = 8
     """Refused harmful prompts the edges are averaged over."""
     split: Literal["train", "all"] = "train"
+    """Harmful prompts of the train split, or of every split."""
     threshold: float | None = None
     """Keep u→d edges with |weight| ≥ this (default: ``relative_threshold`` × the largest)."""
     relative_threshold: float = 0.1
+    """Without --threshold: keep edges with |weight| ≥ this share of the largest."""
     controls: int = 4
     """Random active U-latents ablated as controls (their effects set the noise floor)."""
     seed: int = 0
+    """Seed of the random control latents."""
     max_batch: int = 16
+    """Rows (variant × prompt) per batched forward."""
     batch_size: int = 8
+    """Prompts per gradient pass."""
 
     def __post_init__(self) -> None:
         if self.k_upstream < 1 or self.k_downstream < 1 or self.max_prompts < 1:
@@ -79,7 +86,7 @@ class GraphConfig:
             raise InputError("--split must be train or all")
 
 
-def _default_layers(study: Study, config: GraphConfig) -> tuple[int, int]:
+def graph_layers(study: Study, config: GraphConfig) -> tuple[int, int]:
     sae_layers = sorted(layer for layer in study.meta.saes if layer in study.meta.layers)
     upstream = config.upstream_layer if config.upstream_layer is not None else (sae_layers[0] if sae_layers else None)
     if upstream is None:
@@ -160,7 +167,7 @@ def _top_positive(values: np.ndarray, k: int, exclude: set[int] = frozenset()) -
 
 
 def run_graph(study: Study, live: LiveContext, config: GraphConfig, *, progress: bool = True) -> tuple[GraphResult, dict[str, Any]]:
-    up_layer, down_layer = _default_layers(study, config)
+    up_layer, down_layer = graph_layers(study, config)
     sae_up, sae_down = live.sae(up_layer), live.sae(down_layer)
     split = None if config.split == "all" else "train"
     prompts = select_prompts(study, label="harmful", split=split, refused=True)[: config.max_prompts]

@@ -26,7 +26,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -58,6 +58,10 @@ class JailbreakConfig:
     """Table of plain/wrapped pairs (columns plain, wrapped, optional wrapper) instead of templates."""
     max_prompts: int = 8
     """Refused harmful prompts of the study to wrap."""
+    k: int = 10
+    """Refusal latents followed: the top k of `analyze candidates` by --ranking."""
+    ranking: Literal["integrated_gradients", "attribution", "cosine"] = "integrated_gradients"
+    """How the candidates are ranked (Paper B ranks by integrated gradients)."""
     top_tokens: int = 20
     """Damping tokens stored (ranked by summed attribution)."""
     verify_tokens: int = 5
@@ -65,10 +69,11 @@ class JailbreakConfig:
     max_occurrences: int = 8
     """Prompts per verified token in the occlusion check."""
     batch_size: int = 8
+    """Prompts per forward."""
 
     def __post_init__(self) -> None:
-        if self.max_prompts < 1 or self.top_tokens < 1 or self.verify_tokens < 0 or self.max_occurrences < 1 or self.batch_size < 1:
-            raise InputError("--max-prompts, --top-tokens, --max-occurrences, --batch-size must be ≥ 1 and --verify-tokens ≥ 0")
+        if self.k < 1 or self.max_prompts < 1 or self.top_tokens < 1 or self.verify_tokens < 0 or self.max_occurrences < 1 or self.batch_size < 1:
+            raise InputError("--k, --max-prompts, --top-tokens, --max-occurrences, --batch-size must be ≥ 1 and --verify-tokens ≥ 0")
         if self.pairs is not None and (self.templates is not None or self.wrappers is not None):
             raise InputError("--pairs replaces the templates; give either --pairs or --wrappers/--templates")
 

@@ -25,7 +25,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -45,7 +45,9 @@ PROBES = ("refusal latents", "random latents", "dense residual")
 class ProbeConfig:
     layer: int
     k: int = 7
-    """Latents per sparse probe (the paper's 7)."""
+    """Latents per sparse probe (the paper's 7): the top k of `analyze candidates` by --ranking."""
+    ranking: Literal["integrated_gradients", "attribution", "cosine"] = "integrated_gradients"
+    """How the candidates are ranked (Paper B ranks by integrated gradients)."""
     seeds: int = 5
     """Random-latent probes, each with its own k random active latents."""
     max_train: int = 64
@@ -62,9 +64,13 @@ class ProbeConfig:
     max_ood: int = 32
     """Prompts per label of the second data set."""
     l2: float = 1.0
+    """L2 penalty of the logistic regressions (on standardised features)."""
     n_boot: int = 1000
+    """Bootstrap resamples for the intervals (0: none)."""
     seed: int = 0
+    """Seed of the random latents and of the bootstrap."""
     batch_size: int = 8
+    """Prompts per forward."""
 
     def __post_init__(self) -> None:
         if self.k < 1 or self.seeds < 1 or self.max_train < 2 or self.max_test < 1 or self.max_wrapped < 0 or self.max_ood < 1:

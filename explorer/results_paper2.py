@@ -178,3 +178,15 @@ class ProbeResult(StageResult):
     train_accuracy: np.ndarray  # float32 [3]
     n_train: int
     l2: float
+
+
+def refusal_latents(candidates: object, ranking: str, k: int) -> list[int]:
+    """The top k latents of a ``CandidateResult`` by ``ranking``, or a one-line error when that
+    ranking was not computed (IG skipped with --ig-steps 0)."""
+    from explorer.candidates import top_latents
+    from store.errors import InputError
+
+    values = np.asarray(getattr(candidates, ranking, np.zeros(0)))
+    if not values.size or not np.any(values):
+        raise InputError(f"the candidates stage has no {ranking} scores (run it with --ig-steps > 0, or pick --ranking attribution)")
+    return top_latents(candidates, ranking, k)  # type: ignore[arg-type]

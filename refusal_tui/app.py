@@ -17,6 +17,7 @@ from refusal_tui.screens.dormant import DormantScreen
 from refusal_tui.screens.features import FeaturesScreen
 from refusal_tui.screens.interactions import InteractionsScreen
 from refusal_tui.screens.overview import OverviewScreen
+from refusal_tui.screens.paper2 import PAPER2_SCREENS
 from refusal_tui.screens.prompt import PromptData, PromptScreen, read_prompt
 from refusal_tui.screens.prompts import PromptsScreen
 from refusal_tui.screens.sets import SetsScreen
@@ -32,7 +33,7 @@ class RefusalApp(App[None]):
     CSS_PATH = "styles.tcss"
     MODES = {
         "overview": OverviewScreen, "features": FeaturesScreen, "prompts": PromptsScreen,
-        "sets": SetsScreen, "fm": InteractionsScreen, "dormant": DormantScreen,
+        "sets": SetsScreen, "fm": InteractionsScreen, "dormant": DormantScreen, **PAPER2_SCREENS,
     }
     DEFAULT_MODE = "overview"
     BINDINGS = [

@@ -22,6 +22,8 @@ from refusal_tui.render import fit_window, highlighted_tokens
 VIEWS = (
     ("overview", "1", "Overview"), ("features", "2", "Features"), ("prompts", "3", "Prompts"),
     ("sets", "4", "Sets"), ("fm", "5", "FM"), ("dormant", "6", "Dormant"),
+    # the second paper's views (refusal_tui/screens/paper2.py)
+    ("graph", "7", "Graph"), ("categories", "8", "Categories"), ("jailbreak", "9", "Jailbreak"), ("probe", "0", "Probe"),
 )
 
 
