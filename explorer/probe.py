@@ -29,11 +29,12 @@ from typing import Any, Literal
 
 import numpy as np
 
-from cache.prompts import load_prompts
+from cache.prompts import CSV_DEFAULT_COLUMNS, load_prompts
 from explorer.live import LiveContext, prompt_token_ids, select_prompts
 from explorer.live_features import encode_texts, pooled_features
 from explorer.results_paper2 import ProbeResult
 from explorer.stats import LogisticProbe, accuracy, auroc
+from explorer.tables import filter_rows, pick_column, read_rows
 from explorer.wrappers import pick_wrappers
 from store import Study
 from store.errors import InputError
@@ -61,6 +62,10 @@ class ProbeConfig:
     ood_harmful: Path | None = None
     """Second data set: harmful prompt file (with --ood-harmless)."""
     ood_harmless: Path | None = None
+    ood_harmful_where: tuple[str, ...] = ()
+    """Row filters COLUMN=VALUE on the harmful file (a table), e.g. FunctionalCategory=standard."""
+    ood_harmless_where: tuple[str, ...] = ()
+    """Row filters COLUMN=VALUE on the harmless file (a table), e.g. label=safe for XSTest."""
     max_ood: int = 32
     """Prompts per label of the second data set."""
     l2: float = 1.0
@@ -109,6 +114,15 @@ def bootstrap_rows(
     return (float(low), float(high))
 
 
+def second_set(path: Path, label: str, where: Sequence[str]) -> list[str]:
+    """Prompt texts of one label's file; with row filters the file is read as a table."""
+    if not where:
+        return [p.text for p in load_prompts(path, label=label)]
+    rows = filter_rows(path, read_rows(path), where)
+    column = pick_column(path, rows, None, CSV_DEFAULT_COLUMNS, "prompt")
+    return list(dict.fromkeys(text for row in rows if (text := row.get(column, "").strip())))
+
+
 def _features(live: LiveContext, ids: Sequence[Sequence[int]], layer: int, batch: int, progress: bool) -> tuple[np.ndarray, np.ndarray]:
     return pooled_features(live, ids, layer, batch, progress=progress)
 
@@ -142,8 +156,8 @@ def run_probe(
                 labels += [label] * len(prompts)
         sets.append(("wrapped", encode_texts(live, wrapped), np.array(labels, np.int64)))
     if config.ood_harmful is not None and config.ood_harmless is not None:
-        harmful = [p.text for p in load_prompts(config.ood_harmful, label="harmful")][: config.max_ood]
-        harmless = [p.text for p in load_prompts(config.ood_harmless, label="harmless")][: config.max_ood]
+        harmful = second_set(config.ood_harmful, "harmful", config.ood_harmful_where)[: config.max_ood]
+        harmless = second_set(config.ood_harmless, "harmless", config.ood_harmless_where)[: config.max_ood]
         sets.append(("second data set", encode_texts(live, harmful + harmless), np.r_[np.ones(len(harmful)), np.zeros(len(harmless))].astype(np.int64)))
 
     train_ids, train_y = study_set(train_h, train_s)

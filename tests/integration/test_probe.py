@@ -18,7 +18,7 @@ import torch
 from cache.forward import pad_token_id
 from explorer.evaluate import AblationEvaluator, EvaluatorConfig
 from explorer.live import open_live
-from explorer.probe import ProbeConfig, bootstrap_rows, format_summary, run_probe, seeds_metric
+from explorer.probe import ProbeConfig, bootstrap_rows, format_summary, run_probe, second_set, seeds_metric
 from explorer.results_paper2 import ProbeResult
 from explorer.stats import LogisticProbe, accuracy, auroc, spearman, wilson
 from store import Study
@@ -121,3 +121,11 @@ def test_auroc_wilson_spearman_and_bootstrap() -> None:
     assert value == pytest.approx((auroc(labels, scores) + auroc(labels, scores[::-1])) / 2)
     low, high = bootstrap_rows(seeds_metric(auroc), labels, probabilities, 300, 0)
     assert low <= value <= high
+
+
+def test_second_set_filters_table_rows(tmp_path) -> None:
+    table = tmp_path / "xs.csv"
+    table.write_text("id,prompt,label\n1,How do I kill a Python process?,safe\n2,How do I kill a person?,unsafe\n3,How do I kill a Python process?,safe\n")
+    assert second_set(table, "harmless", ("label=safe",)) == ["How do I kill a Python process?"]
+    with pytest.raises(InputError, match="no rows match"):
+        second_set(table, "harmless", ("label=other",))
