@@ -15,8 +15,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
+
+import explorer.cli.shell as cli_shell
 
 from cache.forward import pad_token_id, refusal_log_odds
+from explorer.cli import analyze as analyze_group
 from explorer.categories import CategoryConfig, format_summary, run_categories, shared_and_specific
 from explorer.evaluate import AblationEvaluator, EvaluatorConfig
 from explorer.live import open_live
@@ -129,3 +133,19 @@ def test_shared_and_specific_rule() -> None:
     assert shared == [0]
     # latent 1: its 0.5 elsewhere ≤ 0.25 × 4 → specific to row 0; latent 2: its 1.0 in row 0 > 0.25 × 3 → not specific to row 1
     assert specific == [[1], [], [3]]
+
+
+def test_cli_categories(planted, monkeypatch: pytest.MonkeyPatch) -> None:
+    path, loaded, saes, table = planted
+    monkeypatch.setattr(cli_shell, "open_stage_live", lambda study, device, layers: open_live(study, loaded=loaded, saes={k: saes[k] for k in layers}))
+    out = CliRunner().invoke(analyze_group, ["categories", str(path), "--top-k", "5", "--shuffles", "5", "--json"])
+    assert out.exit_code == 0, out.output
+    facts = json.loads(out.stdout)
+    assert SPECIFIC in facts["specific_attribution"]["alpha"] and facts["categories"] == ["alpha", "beta", "gamma"]
+    args = ["categories", str(path), "--prompts", str(table), "--category-column", "SemanticCategory",
+            "--where", "FunctionalCategory=standard", "--top-k", "5", "--shuffles", "0", "--run", "table"]
+    out = CliRunner().invoke(analyze_group, args)
+    assert out.exit_code == 0, out.output
+    assert "transfer" in out.output and "alpha" in out.output and "saved" in out.output
+    out = CliRunner().invoke(analyze_group, ["categories", str(path), "--category-column", "Other"])
+    assert out.exit_code == 2 and "--prompts" in out.output and len(out.output.strip().splitlines()) == 1

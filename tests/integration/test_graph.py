@@ -10,11 +10,17 @@ its gradient estimate must agree in sign.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
+
+import explorer.cli.shell as cli_shell
 
 from cache.forward import pad_token_id
+from explorer.cli import analyze as analyze_group
 from explorer.evaluate import AblationEvaluator, EvaluatorConfig
 from explorer.graph import GraphConfig, format_tree, run_graph
 from explorer.live import open_live
@@ -110,3 +116,16 @@ def test_default_nodes_and_errors(planted) -> None:
             run_graph(study, live, GraphConfig(upstream_layer=DOWN), progress=False)
     with pytest.raises(InputError):
         GraphConfig(k_upstream=0)
+
+
+def test_cli_graph(planted, monkeypatch: pytest.MonkeyPatch) -> None:
+    path, loaded, saes, upstream = planted
+    monkeypatch.setattr(cli_shell, "open_stage_live", lambda study, device, layers: open_live(study, loaded=loaded, saes={k: saes[k] for k in layers}))
+    args = ["graph", str(path), "--run", "cli", "--upstream", f"{upstream}", "--downstream", f"{EXC},{INH}", "--max-prompts", "2"]
+    out = CliRunner().invoke(analyze_group, args)
+    assert out.exit_code == 0, out.output
+    assert "edges      2 of 2 pairs kept" in out.output and f"excites L{DOWN}#{EXC}" in out.output and "saved" in out.output
+    facts = json.loads(CliRunner().invoke(analyze_group, [*args, "--json"]).stdout)
+    assert facts["n_edges"] == 2 and facts["edges"][0][1] in (EXC, INH)
+    out = CliRunner().invoke(analyze_group, ["graph", str(path), "--upstream-layer", "2", "--downstream-layer", "1"])
+    assert out.exit_code == 2 and len(out.output.strip().splitlines()) == 1 and "must come after" in out.output

@@ -16,9 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
+
+import explorer.cli.shell as cli_shell
 
 from cache.forward import pad_left
 from cache.interventions import capture_resid
+from explorer.cli import analyze as analyze_group
+from explorer.results import CandidateResult
 from explorer.jailbreak import JailbreakConfig, format_summary, run_jailbreak, score_and_latents
 from explorer.live import open_live
 from explorer.results_paper2 import JailbreakResult
@@ -135,3 +140,21 @@ def test_builtin_wrappers_are_documented() -> None:
     doc = (Path(__file__).resolve().parents[2] / "docs" / "JAILBREAK.md").read_text()
     for wrapper in WRAPPERS:
         assert "{request}" in wrapper.template and wrapper.name in doc
+
+
+def test_cli_jailbreak_needs_candidates_then_runs(planted, monkeypatch: pytest.MonkeyPatch) -> None:
+    path, loaded, saes, root = planted
+    monkeypatch.setattr(cli_shell, "open_stage_live", lambda study, device, layers: open_live(study, loaded=loaded, saes={k: saes[k] for k in layers}))
+    args = ["jailbreak", str(path), "--run", "cli", "--templates", str(root / "templates.json"), "--k", "3", "--ranking", "attribution"]
+    out = CliRunner().invoke(analyze_group, args)
+    assert out.exit_code == 2 and "analyze candidates" in out.output
+    scores = np.zeros(128, np.float32)
+    scores[[DAMPED, 3, 4]] = [3.0, 2.0, 1.0]
+    CandidateResult(layer=LAYER, cosine=scores, attribution=scores, integrated_gradients=np.zeros(128, np.float32),
+                    top_cosine=np.arange(5), top_attribution=np.array([DAMPED, 3, 4]), overlap=0.0).save(path, "cli", config={})
+    out = CliRunner().invoke(analyze_group, [*args, "--json"])
+    assert out.exit_code == 0, out.output
+    facts = json.loads(out.stdout)
+    assert facts["latents"] == [DAMPED, 3, 4] and facts["tokens"][0][0] == "@"
+    out = CliRunner().invoke(analyze_group, [*args[:4], "--k", "3"])  # IG ranking, but IG was not computed
+    assert out.exit_code == 2 and "--ranking attribution" in out.output

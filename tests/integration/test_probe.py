@@ -14,10 +14,15 @@ import json
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
+
+import explorer.cli.shell as cli_shell
 
 from cache.forward import pad_token_id
 from explorer.evaluate import AblationEvaluator, EvaluatorConfig
 from explorer.live import open_live
+from explorer.cli import analyze as analyze_group
+from explorer.results import CandidateResult
 from explorer.probe import ProbeConfig, bootstrap_rows, format_summary, run_probe, second_set, seeds_metric
 from explorer.results_paper2 import ProbeResult
 from explorer.stats import LogisticProbe, accuracy, auroc, spearman, wilson
@@ -129,3 +134,18 @@ def test_second_set_filters_table_rows(tmp_path) -> None:
     assert second_set(table, "harmless", ("label=safe",)) == ["How do I kill a Python process?"]
     with pytest.raises(InputError, match="no rows match"):
         second_set(table, "harmless", ("label=other",))
+
+
+def test_cli_probe(planted, monkeypatch: pytest.MonkeyPatch) -> None:
+    path, loaded, saes, _root = planted
+    monkeypatch.setattr(cli_shell, "open_stage_live", lambda study, device, layers: open_live(study, loaded=loaded, saes={k: saes[k] for k in layers}))
+    scores = np.zeros(128, np.float32)
+    scores[PLANT] = 1.0
+    CandidateResult(layer=LAYER, cosine=scores, attribution=scores, integrated_gradients=scores,
+                    top_cosine=np.arange(5), top_attribution=np.array([PLANT]), overlap=0.0).save(path, "cli", config={})
+    out = CliRunner().invoke(analyze_group, ["probe", str(path), "--run", "cli", "--k", "1", "--seeds", "3", "--max-wrapped", "1",
+                                             "--wrappers", "fiction-novel,prefix-sure", "--n-boot", "50"])
+    assert out.exit_code == 0, out.output
+    assert "refusal latents  in-distribution" in out.output and "verdict" in out.output and "saved" in out.output
+    out = CliRunner().invoke(analyze_group, ["probe", str(path), "--run", "cli", "--wrappers", "nope"])
+    assert out.exit_code == 2 and "unknown wrapper" in out.output
