@@ -51,7 +51,7 @@ class CategoryConfig:
     """The column naming each prompt's category (e.g. SemanticCategory for HarmBench)."""
     text_column: str | None = None
     """The prompt column (default: the first of instruction, prompt, text, goal, forbidden_prompt, Behavior)."""
-    where: tuple[str, ...] = ()
+    where: tuple[str, ...] | None = None
     """Row filters COLUMN=VALUE on the table, e.g. FunctionalCategory=standard."""
     min_prompts: int = 3
     """Categories with fewer prompts are left out."""
@@ -109,7 +109,7 @@ def group_means(per_prompt: np.ndarray, groups: np.ndarray, n_groups: int) -> np
 def _gather(study: Study, live: LiveContext, config: CategoryConfig) -> tuple[list[list[int]], list[str], str]:
     """Token ids and category of every category prompt, and where they came from."""
     if config.prompts is not None:
-        rows = categorised_prompts(config.prompts, category_column=config.category_column, text_column=config.text_column, where=config.where)
+        rows = categorised_prompts(config.prompts, category_column=config.category_column, text_column=config.text_column, where=config.where or ())
         return encode_texts(live, [text for text, _ in rows]), [category for _, category in rows], str(config.prompts)
     if config.category_column != "category" or config.where:
         raise InputError("--category-column and --where apply to a --prompts table; the study's own prompts have one category column")

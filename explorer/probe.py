@@ -62,9 +62,10 @@ class ProbeConfig:
     ood_harmful: Path | None = None
     """Second data set: harmful prompt file (with --ood-harmless)."""
     ood_harmless: Path | None = None
-    ood_harmful_where: tuple[str, ...] = ()
+    """Second data set: harmless prompt file (with --ood-harmful)."""
+    ood_harmful_where: tuple[str, ...] | None = None
     """Row filters COLUMN=VALUE on the harmful file (a table), e.g. FunctionalCategory=standard."""
-    ood_harmless_where: tuple[str, ...] = ()
+    ood_harmless_where: tuple[str, ...] | None = None
     """Row filters COLUMN=VALUE on the harmless file (a table), e.g. label=safe for XSTest."""
     max_ood: int = 32
     """Prompts per label of the second data set."""
@@ -156,8 +157,8 @@ def run_probe(
                 labels += [label] * len(prompts)
         sets.append(("wrapped", encode_texts(live, wrapped), np.array(labels, np.int64)))
     if config.ood_harmful is not None and config.ood_harmless is not None:
-        harmful = second_set(config.ood_harmful, "harmful", config.ood_harmful_where)[: config.max_ood]
-        harmless = second_set(config.ood_harmless, "harmless", config.ood_harmless_where)[: config.max_ood]
+        harmful = second_set(config.ood_harmful, "harmful", config.ood_harmful_where or ())[: config.max_ood]
+        harmless = second_set(config.ood_harmless, "harmless", config.ood_harmless_where or ())[: config.max_ood]
         sets.append(("second data set", encode_texts(live, harmful + harmless), np.r_[np.ones(len(harmful)), np.zeros(len(harmless))].astype(np.int64)))
 
     train_ids, train_y = study_set(train_h, train_s)

@@ -11,8 +11,11 @@ from explorer.results import CandidateResult
 OPTIONS = ConfigOptions("explorer.categories:CategoryConfig", skip=("layer",))
 
 
-@stage("categories", OPTIONS, extra=[click.option("--layer", type=int, help="SAE layer (default: the candidates' layer, else the first with codes).")],
-       demo=("--max-per-category", "4", "--max-harmless", "8", "--min-prompts", "4", "--shuffles", "20"))
+DEMO = ("--max-per-category", "4", "--max-harmless", "8", "--min-prompts", "4", "--shuffles", "20")
+"""Small budgets for the demo (not yet part of it: its cost on the embedded model is being measured)."""
+
+
+@stage("categories", OPTIONS, extra=[click.option("--layer", type=int, help="SAE layer (default: the candidates' layer, else the first with codes).")])
 def categories(ctx: StageContext) -> Report:
     """Refusal latents per harm category (by attribution and by activation difference vs harmless), those shared
     by every category and those specific to one (against a shuffled-label chance level), and a transfer matrix:

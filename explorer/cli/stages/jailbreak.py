@@ -9,7 +9,11 @@ from explorer.results import CandidateResult
 OPTIONS = ConfigOptions("explorer.jailbreak:JailbreakConfig", skip=("layer",))
 
 
-@stage("jailbreak", OPTIONS, demo=("--max-prompts", "4", "--wrappers", "fiction-novel,hypothetical-world,research-safety,prefix-sure", "--verify-tokens", "3"))
+DEMO = ("--max-prompts", "4", "--wrappers", "fiction-novel,hypothetical-world,research-safety,prefix-sure", "--verify-tokens", "3")
+"""Small budgets for the demo (not yet part of it: its cost on the embedded model is being measured)."""
+
+
+@stage("jailbreak", OPTIONS)
 def jailbreak(ctx: StageContext) -> Report:
     """Wrap refused harmful requests in jailbreak framings (docs/JAILBREAK.md) or read your plain/wrapped pairs;
     report the refusal rate and the refusal latents' change per wrapper, and which wrapper tokens damp the latents
