@@ -123,13 +123,14 @@ class Residuals(dict):
 
 
 @contextmanager
-def capture_resid(model: nn.Module, layers: Sequence[int], *, stop: bool = False) -> Iterator[Residuals]:
+def capture_resid(model: nn.Module, layers: Sequence[int], *, stop: bool = False, detach: bool = True) -> Iterator[Residuals]:
     """Capture the residual at ``layers`` (block outputs, detached), one tensor per forward.
 
     Hooks registered earlier (edits, ablations) run first, so the capture sees their effect.
     With ``stop=True`` the forward is cut short after the last requested layer: the model
     call raises an internal exception that this context manager swallows, so put the model
-    call last in the ``with`` block.
+    call last in the ``with`` block. ``detach=False`` keeps the autograd graph, for gradients
+    of something computed from the captured residual (attribution to earlier inputs).
     """
     blocks = decoder_layers(model)
     wanted = sorted(set(layers))
@@ -141,7 +142,8 @@ def capture_resid(model: nn.Module, layers: Sequence[int], *, stop: bool = False
     def make_hook(layer: int) -> Callable:
         def hook(_module: nn.Module, _args: tuple, output: Any) -> None:
             out.as_tuple = isinstance(output, tuple)
-            out[layer].append(block_hidden(output).detach())
+            hidden = block_hidden(output)
+            out[layer].append(hidden.detach() if detach else hidden)
             if stop and layer == last:
                 raise _StopForward
 

@@ -239,6 +239,24 @@ class AblationEvaluator:
         self.n_rows += len(prompts)
         return logits, captured.last()
 
+    def forward_to(self, prompts: Sequence[int], resid: Sequence[torch.Tensor], layer: int) -> list[torch.Tensor]:
+        """Residuals [len_p, d_model] at a later ``layer`` from given layer-L residuals, one per
+        row; the forward stops there. Differentiable in ``resid`` when grad is enabled."""
+        if not self.layer < layer < len(decoder_layers(self.model)):
+            raise InputError(f"layer {layer} must come after the ablation layer {self.layer}")
+        ids = [self.token_ids[p] for p in prompts]
+        width = max(len(i) for i in ids)
+        inputs = pad_left(ids, self.pad_id, self.model.device)
+        dtype = next(self.model.parameters()).dtype
+        padded = torch.stack([
+            torch.nn.functional.pad(r.to(device=self.model.device, dtype=dtype), (0, 0, width - r.shape[0], 0)) for r in resid
+        ])
+        with capture_resid(self.model, [layer], stop=True, detach=False) as captured, \
+                replay_from_layer(self.model, self.layer, padded, as_tuple=self._as_tuple):
+            self.model(**inputs, use_cache=False)
+        hidden = captured[layer][-1]
+        return [hidden[r, width - len(i) :] for r, i in enumerate(ids)]
+
     def edited_resid(self, prompt: int, masks: torch.Tensor) -> torch.Tensor:
         """Layer-L residuals [B, len_p, d_model] of one prompt with each mask row's latents ablated."""
         codes = self.codes[prompt]  # [len, d_sae]

@@ -32,10 +32,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from cache.forward import pad_left
-from cache.hooks import decoder_layers
 from cache.sae import decode, encode
-from explorer.evaluate import AblationEvaluator, EvaluatorConfig, replay_from_layer
+from explorer.evaluate import AblationEvaluator, EvaluatorConfig
 from explorer.live import LiveContext, prompt_token_ids, select_prompts
 from explorer.live_features import attribution_per_prompt, post_instruction_mask
 from explorer.results_paper2 import GraphResult
@@ -103,39 +101,6 @@ def graph_layers(study: Study, config: GraphConfig) -> tuple[int, int]:
     return upstream, downstream
 
 
-class _StopAt(Exception):
-    pass
-
-
-def resid_at(ev: AblationEvaluator, prompts: list[int], resid: list[torch.Tensor], layer: int) -> list[torch.Tensor]:
-    """Residuals [len_p, d_model] at a later ``layer`` from given layer-U residuals, with the
-    graph kept (differentiable); the forward stops at ``layer``."""
-    ids = [ev.token_ids[p] for p in prompts]
-    width = max(len(i) for i in ids)
-    inputs = pad_left(ids, ev.pad_id, ev.model.device)
-    dtype = next(ev.model.parameters()).dtype
-    padded = torch.stack([
-        torch.nn.functional.pad(r.to(device=ev.model.device, dtype=dtype), (0, 0, width - r.shape[0], 0)) for r in resid
-    ])
-    captured: dict[str, torch.Tensor] = {}
-
-    def hook(_m: torch.nn.Module, _a: tuple, output: Any) -> None:
-        captured["h"] = output[0] if isinstance(output, tuple) else output
-        raise _StopAt
-
-    handle = decoder_layers(ev.model)[layer].register_forward_hook(hook)
-    try:
-        # as_tuple: whether the blocks return tuples, as the evaluator found when preparing
-        with replay_from_layer(ev.model, ev.layer, padded, as_tuple=ev._as_tuple):
-            ev.model(**inputs, use_cache=False)
-    except _StopAt:
-        pass
-    finally:
-        handle.remove()
-    hidden = captured["h"]
-    return [hidden[r, width - len(i) :] for r, i in enumerate(ids)]
-
-
 def gradient_edges(
     ev: AblationEvaluator, sae_down: Any, layer: int, upstream: list[int], downstream: list[int], masks: list[torch.Tensor],
     batch: int, progress: bool,
@@ -148,7 +113,7 @@ def gradient_edges(
         prompts = list(range(start, min(start + batch, ev.n_prompts)))
         codes = [ev.codes[p].detach().clone().requires_grad_(True) for p in prompts]
         with torch.enable_grad():
-            later = resid_at(ev, prompts, [decode(ev.sae, c) + ev.error[p] for c, p in zip(codes, prompts)], layer)
+            later = ev.forward_to(prompts, [decode(ev.sae, c) + ev.error[p] for c, p in zip(codes, prompts)], layer)
             # a_d per prompt: mean code over its post-instruction tokens
             acts = torch.stack([encode(sae_down, h[masks[p]]).mean(0)[downstream] for h, p in zip(later, prompts)])  # [b, D]
             for j in range(len(downstream)):

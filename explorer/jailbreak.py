@@ -33,8 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cache.forward import pad_left, refusal_log_odds
-from cache.hooks import decoder_layers
-from cache.interventions import capture_resid
+from cache.hooks import capture_resid
 from cache.sae import encode
 from explorer.live import LiveContext, prompt_token_ids, select_prompts
 from explorer.live_features import encode_texts
@@ -151,37 +150,20 @@ def score_and_latents(
         with capture_resid(live.model, [layer]) as captured:
             logits = live.model(inputs_embeds=embeds, **inputs, use_cache=False, logits_to_keep=1).logits[:, -1]
         scores.append(refusal_log_odds(logits, live.refusal_ids).float().cpu().numpy())
-        hidden = captured[layer][0][:, -live.n_positions :]
+        hidden = captured[layer][-1][:, -live.n_positions :]
         acts.append(encode(sae, hidden.to(sae.W_dec)).float().mean(1)[:, list(latents)].cpu().numpy())
     return np.concatenate(scores), np.concatenate(acts)
-
-
-class _StopAt(Exception):
-    pass
 
 
 def token_attribution(live: LiveContext, ids: Sequence[int], layer: int, latents: Sequence[int]) -> np.ndarray:
     """Input × gradient of Σ latents' codes at the post-instruction tokens, per token [len]."""
     sae = live.sae(layer)
     embeds = live.model.get_input_embeddings()(torch.tensor([list(ids)], device=live.device)).detach().requires_grad_(True)
-    captured: dict[str, torch.Tensor] = {}
-
-    def hook(_m: torch.nn.Module, _a: tuple, output: Any) -> None:
-        captured["h"] = output[0] if isinstance(output, tuple) else output
-        raise _StopAt
-
-    handle = decoder_layers(live.model)[layer].register_forward_hook(hook)
-    try:
-        with torch.enable_grad():
-            try:
-                live.model(inputs_embeds=embeds, use_cache=False)
-            except _StopAt:
-                pass
-            codes = encode(sae, captured["h"][0, -live.n_positions :].to(sae.W_dec))
-            total = codes[:, list(latents)].sum()
-            (grad,) = torch.autograd.grad(total, embeds)
-    finally:
-        handle.remove()
+    with torch.enable_grad():
+        with capture_resid(live.model, [layer], stop=True, detach=False) as captured:
+            live.model(inputs_embeds=embeds, use_cache=False)
+        codes = encode(sae, captured[layer][-1][0, -live.n_positions :].to(sae.W_dec))
+        (grad,) = torch.autograd.grad(codes[:, list(latents)].sum(), embeds)
     return (grad[0] * embeds[0].detach()).sum(-1).float().cpu().numpy()
 
 

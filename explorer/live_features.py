@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cache.forward import pad_left, refusal_log_odds
-from cache.interventions import capture_resid
+from cache.hooks import capture_resid
 from cache.sae import decode, encode
 from explorer.evaluate import AblationEvaluator
 from explorer.live import LiveContext
@@ -48,7 +48,7 @@ def layer_resid(live: LiveContext, token_ids: Sequence[Sequence[int]], layer: in
         inputs = pad_left(chunk, live.pad_id, live.device)
         with capture_resid(live.model, [layer], stop=True) as captured:
             live.model(**inputs, use_cache=False)
-        hidden = captured[layer][0]
+        hidden = captured[layer][-1]
         for row, ids in enumerate(chunk):
             out.append(hidden[row, hidden.shape[1] - len(ids) :].float().cpu())
     return out

@@ -11,17 +11,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from cache.adapters import ADAPTERS
 from cache.models import LoadedModel
 from cache.pipeline import CacheConfig, run_cache
-from tests.tiny_models import make_tiny_model
-from tests.tiny_tokenizers import make_tiny_tokenizer
+from tests import tiny_models
 
 
-def tiny_loaded(*, n_layers: int = 4, seed: int = 0) -> LoadedModel:
-    tokenizer = make_tiny_tokenizer("qwen2")
-    model = make_tiny_model("qwen2", n_layers=n_layers, vocab_size=len(tokenizer), seed=seed)
-    return LoadedModel(model, tokenizer, ADAPTERS["qwen2"], "tiny-qwen2", "rev0")
+def tiny_loaded() -> LoadedModel:
+    """The tiny qwen2 model (4 layers) with the byte-level tokenizer."""
+    return tiny_models.tiny_loaded("qwen2")
 
 
 def cache_tiny_study(

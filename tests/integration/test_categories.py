@@ -70,7 +70,7 @@ def plant(loaded, sae) -> None:
 
 
 @pytest.fixture(scope="module")
-def planted(tmp_path_factory: pytest.TempPathFactory):
+def categories_study(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("categories")
     loaded = tiny_loaded()
     sae = make_tiny_sae("jumprelu", layer=LAYER, threshold=0.3, seed=3)
@@ -84,8 +84,8 @@ def planted(tmp_path_factory: pytest.TempPathFactory):
     return path, loaded, {LAYER: sae}, table
 
 
-def test_planted_specific_latent_found(planted) -> None:
-    path, loaded, saes, _table = planted
+def test_planted_specific_latent_found(categories_study) -> None:
+    path, loaded, saes, _table = categories_study
     config = CategoryConfig(layer=LAYER, top_k=5, shuffles=10)
     with Study(path) as study:
         live = open_live(study, loaded=loaded, saes=saes)
@@ -113,8 +113,8 @@ def test_planted_specific_latent_found(planted) -> None:
     assert back.categories.tolist() == names and back.specific_of(a).tolist() == result.specific_of(a).tolist()
 
 
-def test_table_file_with_filter(planted) -> None:
-    path, loaded, saes, table = planted
+def test_table_file_with_filter(categories_study) -> None:
+    path, loaded, saes, table = categories_study
     config = CategoryConfig(layer=LAYER, prompts=table, category_column="SemanticCategory", where=("FunctionalCategory=standard",), top_k=5, shuffles=0)
     with Study(path) as study:
         live = open_live(study, loaded=loaded, saes=saes)
@@ -135,8 +135,8 @@ def test_shared_and_specific_rule() -> None:
     assert specific == [[1], [], [3]]
 
 
-def test_cli_categories(planted, monkeypatch: pytest.MonkeyPatch) -> None:
-    path, loaded, saes, table = planted
+def test_cli_categories(categories_study, monkeypatch: pytest.MonkeyPatch) -> None:
+    path, loaded, saes, table = categories_study
     monkeypatch.setattr(cli_shell, "open_stage_live", lambda study, device, layers: open_live(study, loaded=loaded, saes={k: saes[k] for k in layers}))
     out = CliRunner().invoke(analyze_group, ["categories", str(path), "--top-k", "5", "--shuffles", "5", "--json"])
     assert out.exit_code == 0, out.output

@@ -59,7 +59,7 @@ def plant_edges(loaded, sae_up, sae_down, texts: list[str]) -> int:
 
 
 @pytest.fixture(scope="module")
-def planted(tmp_path_factory: pytest.TempPathFactory):
+def graph_study(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("graph")
     loaded = tiny_loaded()
     sae_up = make_tiny_sae("jumprelu", layer=UP, threshold=0.3, seed=1)
@@ -69,8 +69,8 @@ def planted(tmp_path_factory: pytest.TempPathFactory):
     return path, loaded, {UP: sae_up, DOWN: sae_down}, upstream
 
 
-def test_planted_edges_found_with_their_signs(planted) -> None:
-    path, loaded, saes, upstream = planted
+def test_planted_edges_found_with_their_signs(graph_study) -> None:
+    path, loaded, saes, upstream = graph_study
     other = (upstream + 1) % 128
     config = GraphConfig(upstream=(upstream, other), downstream=(EXC, INH, 7, 8, 9), max_prompts=4, controls=6)
     with Study(path) as study:
@@ -101,8 +101,8 @@ def test_planted_edges_found_with_their_signs(planted) -> None:
     assert back.n_edges == result.n_edges
 
 
-def test_default_nodes_and_errors(planted) -> None:
-    path, loaded, saes, _upstream = planted
+def test_default_nodes_and_errors(graph_study) -> None:
+    path, loaded, saes, _upstream = graph_study
     with Study(path) as study:
         live = open_live(study, loaded=loaded, saes=saes)
         result, summary = run_graph(study, live, GraphConfig(k_upstream=3, k_downstream=4, max_prompts=2), progress=False)
@@ -118,8 +118,8 @@ def test_default_nodes_and_errors(planted) -> None:
         GraphConfig(k_upstream=0)
 
 
-def test_cli_graph(planted, monkeypatch: pytest.MonkeyPatch) -> None:
-    path, loaded, saes, upstream = planted
+def test_cli_graph(graph_study, monkeypatch: pytest.MonkeyPatch) -> None:
+    path, loaded, saes, upstream = graph_study
     monkeypatch.setattr(cli_shell, "open_stage_live", lambda study, device, layers: open_live(study, loaded=loaded, saes={k: saes[k] for k in layers}))
     args = ["graph", str(path), "--run", "cli", "--upstream", f"{upstream}", "--downstream", f"{EXC},{INH}", "--max-prompts", "2"]
     out = CliRunner().invoke(analyze_group, args)

@@ -21,7 +21,7 @@ from click.testing import CliRunner
 import explorer.cli.shell as cli_shell
 
 from cache.forward import pad_left
-from cache.interventions import capture_resid
+from cache.hooks import capture_resid
 from explorer.cli import analyze as analyze_group
 from explorer.results import CandidateResult
 from explorer.jailbreak import JailbreakConfig, format_summary, run_jailbreak, score_and_latents
@@ -64,7 +64,7 @@ def plant(loaded, sae) -> None:
                     e[r, x.shape[1] - len(ids[r]) + t] = 0
         with torch.no_grad(), capture_resid(model, [LAYER], stop=True) as cap:
             model(inputs_embeds=e, **inputs)
-        return cap[LAYER][0][:, -n_pos:].reshape(-1, embed.shape[1])
+        return cap[LAYER][-1][:, -n_pos:].reshape(-1, embed.shape[1])
 
     delta = (post(False) - post(True)).mean(0)
     with torch.no_grad():
@@ -74,7 +74,7 @@ def plant(loaded, sae) -> None:
 
 
 @pytest.fixture(scope="module")
-def planted(tmp_path_factory: pytest.TempPathFactory):
+def jailbreak_study(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("jailbreak")
     loaded = tiny_loaded()
     sae = make_tiny_sae("jumprelu", layer=LAYER, threshold=0.3, seed=4)
@@ -84,8 +84,8 @@ def planted(tmp_path_factory: pytest.TempPathFactory):
     return path, loaded, {LAYER: sae}, root
 
 
-def test_planted_damping_token_ranked_first(planted) -> None:
-    path, loaded, saes, root = planted
+def test_planted_damping_token_ranked_first(jailbreak_study) -> None:
+    path, loaded, saes, root = jailbreak_study
     config = JailbreakConfig(layer=LAYER, templates=root / "templates.json", verify_tokens=3)
     with Study(path) as study:
         live = open_live(study, loaded=loaded, saes=saes)
@@ -113,8 +113,8 @@ def test_planted_damping_token_ranked_first(planted) -> None:
     assert back.token.tolist() == result.token.tolist() and back.rates() == result.rates()
 
 
-def test_pairs_file_and_errors(planted) -> None:
-    path, loaded, saes, root = planted
+def test_pairs_file_and_errors(jailbreak_study) -> None:
+    path, loaded, saes, root = jailbreak_study
     pairs = root / "pairs.csv"
     pairs.write_text("plain,wrapped,wrapper\n" + "".join(f"{t},Note @@@ then: {t},at\n" for t in HARMFUL[:2]))
     with Study(path) as study:
@@ -142,8 +142,8 @@ def test_builtin_wrappers_are_documented() -> None:
         assert "{request}" in wrapper.template and wrapper.name in doc
 
 
-def test_cli_jailbreak_needs_candidates_then_runs(planted, monkeypatch: pytest.MonkeyPatch) -> None:
-    path, loaded, saes, root = planted
+def test_cli_jailbreak_needs_candidates_then_runs(jailbreak_study, monkeypatch: pytest.MonkeyPatch) -> None:
+    path, loaded, saes, root = jailbreak_study
     monkeypatch.setattr(cli_shell, "open_stage_live", lambda study, device, layers: open_live(study, loaded=loaded, saes={k: saes[k] for k in layers}))
     args = ["jailbreak", str(path), "--run", "cli", "--templates", str(root / "templates.json"), "--k", "3", "--ranking", "attribution"]
     out = CliRunner().invoke(analyze_group, args)

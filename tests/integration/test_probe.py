@@ -56,7 +56,7 @@ def plant(loaded, sae) -> None:
 
 
 @pytest.fixture(scope="module")
-def planted(tmp_path_factory: pytest.TempPathFactory):
+def probe_study(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("probe")
     loaded = tiny_loaded()
     sae = make_tiny_sae("jumprelu", layer=LAYER, threshold=0.3, seed=6)
@@ -67,8 +67,8 @@ def planted(tmp_path_factory: pytest.TempPathFactory):
     return path, loaded, {LAYER: sae}, root
 
 
-def test_planted_latent_probe_beats_random_latents(planted) -> None:
-    path, loaded, saes, root = planted
+def test_planted_latent_probe_beats_random_latents(probe_study) -> None:
+    path, loaded, saes, root = probe_study
     config = ProbeConfig(layer=LAYER, k=1, seeds=5, max_wrapped=2, n_boot=200,
                          ood_harmful=root / "ood_harmful.json", ood_harmless=root / "ood_harmless.json")
     with Study(path) as study:
@@ -136,8 +136,8 @@ def test_second_set_filters_table_rows(tmp_path) -> None:
         second_set(table, "harmless", ("label=other",))
 
 
-def test_cli_probe(planted, monkeypatch: pytest.MonkeyPatch) -> None:
-    path, loaded, saes, _root = planted
+def test_cli_probe(probe_study, monkeypatch: pytest.MonkeyPatch) -> None:
+    path, loaded, saes, _root = probe_study
     monkeypatch.setattr(cli_shell, "open_stage_live", lambda study, device, layers: open_live(study, loaded=loaded, saes={k: saes[k] for k in layers}))
     scores = np.zeros(128, np.float32)
     scores[PLANT] = 1.0
