@@ -139,31 +139,74 @@ class ExperimentResult(StageResult):
     design: np.ndarray  # int8 [n_experiments, n_latents]: 1 = ablated
     response: np.ndarray  # float32 [n_experiments]: mean refusal score over the prompts
     prompts: np.ndarray  # int [n_prompts]: the prompts the scores average over
+    # float32 [n_experiments, n_prompts]: each prompt's score (empty in runs made before it was recorded)
+    prompt_response: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 0), np.float32))
 
 
 @dataclass(frozen=True, kw_only=True)
 class FMResult(StageResult):
-    """Second-order factorization machine fitted to the experiments."""
+    """Second-order factorization machine fitted to the experiments, compared with additive effects.
+
+    ``verdict`` is "interactions" when the FM's cross-validated R² beats the linear model's by
+    more than ``min_gain`` at the interval's lower end, else "additive" ("" in runs made before
+    the comparison existed). Pairs (``pair_*``) are stored only with the first verdict, each
+    with its measured interaction f(ij) − f(i) − f(j) + f(∅) per prompt."""
 
     STAGE: ClassVar[str] = "fm"
     COMMAND: ClassVar[str] = "refusal-explorer analyze fm"
+    MODELS: ClassVar[tuple[str, ...]] = ("fm", "linear", "mean")
     layer: int
     latents: np.ndarray  # int [n]
     w0: float
     w: np.ndarray  # float32 [n]
     V: np.ndarray  # float32 [n, k]
     interaction_share: np.ndarray  # float32 [n]: part of each latent's effect due to interactions
-    r2_train: float
-    r2_holdout: float
-    r2_linear_holdout: float  # linear model on the same split, for comparison
+    r2_train: float  # FM fitted on every experiment, R² on them
+    r2_holdout: float  # FM cross-validated R² (out-of-fold predictions)
+    r2_linear_holdout: float  # linear model cross-validated R² on the same folds
+    verdict: str = ""
+    verdict_text: str = ""  # the verdict in words, with its interval
+    rank: int = 0
+    folds: int = 0
+    confidence: float = float("nan")
+    min_gain: float = float("nan")
+    r2_cv: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))  # float64 [3]: fm, linear, mean
+    r2_cv_low: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))  # float64 [3]: interval ends
+    r2_cv_high: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+    gain: float = float("nan")  # R²_fm − R²_linear, cross-validated
+    gain_low: float = float("nan")
+    gain_high: float = float("nan")
+    pair_i: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))  # int [p]: latent ids
+    pair_j: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
+    pair_fm: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.float32))  # float32 [p]: <v_i, v_j>
+    # float32 [p, P]: measured f(ij) − f(i) − f(j) + f(∅) on each prompt
+    pair_measured: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    pair_prompts: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))  # int [P]
 
     def interaction(self) -> np.ndarray:
         """<v_i, v_j> for every pair [n, n], zero diagonal."""
         return interaction_matrix(self.V)
 
     def top_pairs(self, n: int = 10, sign: str = "abs") -> list[tuple[int, int, float]]:
-        """Strongest interactions as (latent, latent, value); sign: positive, negative or abs."""
+        """Strongest FM interactions as (latent, latent, value); sign: positive, negative or abs.
+        Unverified: what the viewers and the CLI report are ``verified_pairs``."""
         return [(int(self.latents[i]), int(self.latents[j]), value) for i, j, value in top_pairs(self.V, n, sign)]
+
+    def verified_pairs(self) -> list[dict[str, Any]]:
+        """The reported pairs: FM value beside the measured interaction (mean, spread over
+        prompts, per prompt) and whether their signs agree."""
+        out = []
+        for p in range(len(self.pair_i)):
+            values = np.asarray(self.pair_measured[p], np.float64)
+            mean = float(values.mean()) if values.size else float("nan")
+            spread = float(values.std(ddof=1)) if values.size > 1 else float("nan")
+            fm = float(self.pair_fm[p])
+            out.append({
+                "i": int(self.pair_i[p]), "j": int(self.pair_j[p]), "fm": fm, "measured": mean, "measured_sd": spread,
+                "measured_per_prompt": [float(v) for v in values], "prompts": [int(q) for q in self.pair_prompts],
+                "sign_agrees": bool(np.sign(fm) == np.sign(mean)),
+            })
+        return out
 
 
 @dataclass(frozen=True, kw_only=True)

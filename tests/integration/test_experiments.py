@@ -72,7 +72,7 @@ def naive_mean_score(loaded: LoadedModel, sae, ids: list[list[int]], latents: li
 
 
 def test_design_follows_the_scheme_and_is_seeded() -> None:
-    config = ExperimentConfig(n_experiments=400, p=0.3, seed=5)
+    config = ExperimentConfig(n_experiments=400, sampling="bernoulli", p=0.3, seed=5, pairs=0)
     design, scheme = sample_design(12, 4, config)
     assert scheme == "all-off+all-on+minimal+singles(12)+bernoulli(p=0.3)x400;seed=5"
     assert design.shape == (3 + 12 + 400, 12) and design.dtype == np.int8
@@ -82,14 +82,35 @@ def test_design_follows_the_scheme_and_is_seeded() -> None:
     assert abs(design[15:].mean() - 0.3) < 0.03  # 4800 Bernoulli(0.3) draws
     again, _ = sample_design(12, 4, config)
     np.testing.assert_array_equal(design, again)
-    other, _ = sample_design(12, 4, ExperimentConfig(n_experiments=400, p=0.3, seed=6))
+    other, _ = sample_design(12, 4, ExperimentConfig(n_experiments=400, sampling="bernoulli", p=0.3, seed=6, pairs=0))
     assert (other[15:] != design[15:]).any() and (other[:15] == design[:15]).all()
-    sized, scheme = sample_design(6, 6, ExperimentConfig(n_experiments=300, sampling="uniform-size", singles=False, leave_one_out=True))
+    sized, scheme = sample_design(6, 6, ExperimentConfig(n_experiments=300, sampling="uniform-size", singles=False, leave_one_out=True, pairs=0))
     assert scheme == "all-off+all-on+leave-one-out(6)+uniform-size x300;seed=0"  # no "minimal" row: it would equal all-on
     np.testing.assert_array_equal(sized[2:8], 1 - np.eye(6))
     assert set(sized[8:].sum(1).tolist()) == set(range(1, 7))
     with pytest.raises(InputError):
         ExperimentConfig(p=1.0)
+
+
+def test_default_design_is_sized_to_the_fm_and_has_factorial_blocks() -> None:
+    n, n_min = 10, 4
+    design, scheme = sample_design(n, n_min, ExperimentConfig(fm_rank=3, pairs=2, pair_backgrounds=1, seed=3))
+    parameters = 1 + n + n * 3
+    assert design.shape[0] == 10 * parameters  # fixed + factorial + random rows: ten per FM parameter
+    # pairs (0, 1) and (0, 2); backgrounds: empty, rest of the minimal set, one random → 12 rows each
+    assert "pairs(2x12)" in scheme and "uniform-size" in scheme
+    block = design[3 + n : 3 + n + 24]
+    for p, (i, j) in enumerate([(0, 1), (0, 2)]):
+        rows = block[12 * p : 12 * (p + 1)].reshape(3, 4, n)  # [background, (∅, i, j, ij), n]
+        np.testing.assert_array_equal(rows[:, :, i], [[0, 1, 0, 1]] * 3)
+        np.testing.assert_array_equal(rows[:, :, j], [[0, 0, 1, 1]] * 3)
+        others = [c for c in range(n) if c not in (i, j)]
+        assert (rows[:, :, others] == rows[:, :1, others]).all()  # the background is the same in its 4 rows
+        assert not rows[0, 0].any()  # empty background
+        rest = [c for c in range(n_min) if c not in (i, j)]
+        assert rows[1, 0, rest].all() and rows[1, 0].sum() == len(rest)  # rest of the minimal set
+    sizes = design[3 + n + 24 :].sum(1)
+    assert sizes.min() >= 1 and sizes.max() == n and len(set(sizes.tolist())) == n  # sizes spread over 1..n
 
 
 def test_columns_and_flipping_sets() -> None:
@@ -102,7 +123,7 @@ def test_columns_and_flipping_sets() -> None:
 
 def test_responses_equal_naive_evaluation(tiny_study) -> None:
     path, loaded, sae, sets = tiny_study
-    config = ExperimentConfig(n_experiments=12, max_other=6, seed=1, max_batch=8)
+    config = ExperimentConfig(n_experiments=12, max_other=6, seed=1, max_batch=8, pairs=0)
     with Study(path) as study:
         greedy = GreedyResult.load(study, "default")
         live = open_live(study, loaded=loaded, saes={LAYER: sae})
@@ -150,14 +171,20 @@ def test_cli_experiments_then_fm(tiny_study, monkeypatch: pytest.MonkeyPatch) ->
     with Study(path) as study:  # copy the greedy result into the CLI's run
         greedy = GreedyResult.load(study, "default")
     greedy.save(path, "cli", config={})
-    out = runner.invoke(group, ["experiments", str(path), "--run", "cli", "--n-experiments", "40", "--max-other", "4", "--seed", "2"])
+    out = runner.invoke(group, ["experiments", str(path), "--run", "cli", "--n-experiments", "40", "--max-other", "4", "--seed", "2", "--sampling", "bernoulli"])
     assert out.exit_code == 0, out.output
     assert "bernoulli(p=0.5)x40;seed=2" in out.output and "per 100 subsets" in out.output
-    out = runner.invoke(group, ["fm", str(path), "--run", "cli", "--rank", "2", "--max-epochs", "60"])
+    out = runner.invoke(group, ["fm", str(path), "--run", "cli", "--rank", "2"])
     assert out.exit_code == 0, out.output
-    assert "holdout" in out.output and "top" in out.output and "post-instruction tokens" in out.output
+    assert "R² (CV)" in out.output and "verdict" in out.output and "post-instruction tokens" in out.output
+    out = runner.invoke(group, ["fm", str(path), "--run", "cli", "--rank", "2", "--json"])
+    assert out.exit_code == 0, out.output
+    facts = json.loads(out.output)
+    assert facts["verdict"] in ("interactions", "additive") and set(facts["r2"]) >= {"fm", "linear", "mean"}
+    assert all(set(p) >= {"i", "j", "fm", "measured"} for p in facts["pairs"])
+    assert (facts["verdict"] == "interactions") or facts["pairs"] == []
     with Study(path) as study:
         experiments = ExperimentResult.load(study, "cli")
         fm = FMResult.load(study, "cli")
-    assert experiments.design.shape == (3 + n_latents + 40, n_latents) and fm.V.shape == (n_latents, 2)
+    assert experiments.design.shape[0] > 3 + n_latents + 40 and fm.V.shape == (n_latents, 2)  # + factorial rows
     np.testing.assert_array_equal(fm.latents, experiments.latents)

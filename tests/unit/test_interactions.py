@@ -7,8 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from explorer.fm import FMConfig
-from explorer.interactions import run_fm, score_cached_codes, score_design
+from explorer.interactions import FMStageConfig, fm_summary_lines, run_fm, score_cached_codes, score_design
 from explorer.kernels import build_index_map, fm_score_binary_csr_reference
 from explorer.results import ExperimentResult, FMResult
 from tests.synthetic import SyntheticConfig, make_synthetic_study
@@ -23,15 +22,20 @@ def study_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_synthetic_study(tmp_path_factory.mktemp("fm") / "s.h5", SyntheticConfig(n_prompts=24, d_sae=400))
 
 
-def planted_experiments(m: int = 400, seed: int = 0) -> ExperimentResult:
-    """Responses of a known FM: latents 0 and 1 (columns) are redundant (the score only falls
-    when both are ablated), column 2 acts alone, the rest barely matter."""
+def planted_score(x: np.ndarray, additive: bool = False) -> np.ndarray:
+    """Score of ablation rows x [m, 8]: latents 3 and 17 (columns 0, 1) are redundant (the
+    score only falls when both are ablated, an AND), column 2 acts alone, the rest barely
+    matter; ``additive``: columns 0 and 1 each act alone instead, with the same total."""
+    pair = -1.5 * (x[:, 0] + x[:, 1]) if additive else -3.0 * x[:, 0] * x[:, 1]
+    return 2.0 - 1.5 * x[:, 2] + pair + 0.05 * x[:, 3:].sum(1)
+
+
+def planted_experiments(m: int = 400, seed: int = 0, additive: bool = False) -> ExperimentResult:
     rng = np.random.default_rng(seed)
     latents = np.array([3, 17, 42, 101, 250, 5, 9, 60])
     design = (rng.random((m, len(latents))) < 0.5).astype(np.int8)
     design[0], design[1] = 0, 1
-    x = design.astype(float)
-    y = 2.0 - 1.5 * x[:, 2] - 3.0 * x[:, 0] * x[:, 1] + 0.05 * x[:, 3:].sum(1) + rng.normal(0, 0.05, m)
+    y = planted_score(design.astype(float), additive) + rng.normal(0, 0.05, m)
     return ExperimentResult(
         layer=LAYER, scheme="bernoulli(p=0.5)+all-on+all-off", latents=latents, in_minimal_set=np.arange(8) < 3,
         design=design, response=y.astype(np.float32), prompts=np.array([0, 2]),
@@ -48,32 +52,69 @@ def dense_fm(X: np.ndarray, fm: FMResult) -> np.ndarray:
     return out
 
 
-def test_fm_finds_the_planted_interaction_and_round_trips(study_path: Path) -> None:
+def planted_measure(pairs):
+    """Four ablations per pair on two "prompts" of the planted score (the second one noisier)."""
+    latents = [3, 17, 42, 101, 250, 5, 9, 60]
+    out = []
+    for a, b in pairs:
+        rows = np.zeros((4, 8))
+        rows[[1, 3], latents.index(a)] = 1
+        rows[[2, 3], latents.index(b)] = 1
+        f = planted_score(rows)
+        value = f[3] - f[1] - f[2] + f[0]
+        out.append([value, value + 0.1])
+    return np.array(out), np.array([0, 2])
+
+
+def test_planted_and_interaction_is_found_verified_and_round_trips(study_path: Path) -> None:
     experiments = planted_experiments()
-    result, summary = run_fm(experiments, FMConfig(rank=4, seed=0))
-    assert result.r2_holdout > 0.95 and result.r2_holdout > result.r2_linear_holdout + 0.1
-    a, b, value = result.top_pairs(1, "abs")[0]
-    assert {a, b} == {3, 17} and value == pytest.approx(-3.0, abs=0.3)
+    asked = []
+    result, summary = run_fm(experiments, FMStageConfig(top_pairs=3), measure=lambda pairs: asked.append(pairs) or planted_measure(pairs))
+    assert result.verdict == "interactions" and summary["verdict"] == "interactions"
+    assert result.gain_low > 0.1 and result.r2_holdout > 0.95 and result.r2_holdout > result.r2_linear_holdout + 0.1
+    assert summary["sentence"].startswith("interactions explain") and "95% CI" in summary["sentence"]
+    assert result.rank == 3 and summary["rows_per_parameter"] >= 10  # 400 rows, 8 latents: rank 3 has 1 + 8 + 24 ≤ 40 parameters
+    first = summary["pairs"][0]
+    assert {first["i"], first["j"]} == {3, 17} and first["fm"] == pytest.approx(-3.0, abs=0.3)
+    assert first["measured"] == pytest.approx(-2.95) and first["sign_agrees"] and first["prompts"] == [0, 2]
+    assert len(asked) == 1 and len(asked[0]) == 3  # the top 3 pairs, measured once
     assert result.w[2] == pytest.approx(-1.5, abs=0.2)
-    share = dict(zip(result.latents.tolist(), result.interaction_share.tolist()))
-    assert share[3] > 0.6 and share[17] > 0.6 and share[42] < 0.3  # redundancy is an interaction
     assert summary["kernel_max_error"] < 1e-4  # numba kernel on the design rows = the fit's predict
     np.testing.assert_allclose(score_design(result, experiments.design), dense_fm(experiments.design.astype(float), result), atol=1e-4)
-    result.save(study_path, "planted", config={"rank": 4})
+    text = "\n".join(fm_summary_lines(summary))
+    assert "3×17" in text or "17×3" in text
+    result.save(study_path, "planted", config={})
     with Study(study_path) as study:
         back = FMResult.load(study, "planted")
-    for name in ("latents", "w", "V", "interaction_share"):
+    for name in ("latents", "w", "V", "interaction_share", "r2_cv", "pair_measured"):
         np.testing.assert_array_equal(getattr(back, name), getattr(result, name))
-    assert (back.w0, back.r2_train, back.r2_holdout, back.r2_linear_holdout) == (
-        result.w0, result.r2_train, result.r2_holdout, result.r2_linear_holdout,
-    )
-    assert back.top_pairs(3) == result.top_pairs(3)
+    assert (back.verdict, back.verdict_text, back.gain_low) == (result.verdict, result.verdict_text, result.gain_low)
+    assert back.verified_pairs() == result.verified_pairs()
+
+
+def test_planted_additive_mechanism_says_no_evidence_and_names_no_pair() -> None:
+    experiments = planted_experiments(additive=True)
+    called = []
+    result, summary = run_fm(experiments, FMStageConfig(), measure=lambda pairs: called.append(pairs))
+    assert result.verdict == "additive" and summary["pairs"] == [] and not called
+    assert summary["sentence"].startswith("no evidence of interactions beyond additive effects")
+    assert result.r2_linear_holdout > 0.95 and result.gain_low <= 0.01
+    assert len(result.pair_i) == 0
+    assert "none reported" in "\n".join(fm_summary_lines(summary))
+
+
+def test_interactions_without_a_model_report_no_unverified_pair() -> None:
+    result, summary = run_fm(planted_experiments(), FMStageConfig())
+    assert result.verdict == "interactions" and summary["pairs"] == [] and "could not be verified" in summary["pairs_note"]
 
 
 def test_too_few_experiments_is_a_one_line_input_error() -> None:
-    experiments = planted_experiments(m=3)
     with pytest.raises(InputError, match="--n-experiments"):
-        run_fm(experiments, FMConfig())
+        run_fm(planted_experiments(m=3), FMStageConfig())
+    with pytest.raises(InputError, match="rank-1 FM"):  # 40 rows, 8 latents: rank 1 has 17 parameters, needs 170
+        run_fm(planted_experiments(m=40), FMStageConfig())
+    with pytest.raises(InputError, match="--rank"):
+        FMStageConfig(rank=0)
 
 
 @pytest.mark.parametrize("binary", [True, False])
