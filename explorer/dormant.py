@@ -1,23 +1,32 @@
-"""Stage 3c: dormant / redundant latents that wake up when the minimal set is ablated (hydra effect).
+"""Stage 3c: dormant backups and redundant latents, each tested causally (the hydra effect).
 
-For every greedy set that flips its prompt (source layer L, latents S):
+Contexts. For every prompt of the chosen greedy sets, the source ablations ("contexts") are:
 
-1. Layers 0..L run once (``AblationEvaluator``); then one batched forward from L of two rows,
-   untouched and with S ablated (``decode(codes without S) + error``, the same splice as
-   ``sae_edits``), captures the residual at every later layer with an SAE by hooks. The layer-L
-   residual of each row and the captures are re-encoded with their layer's SAE.
-2. A latent is *woken* at a layer if its largest activation over the prompt's tokens is at
-   most ``baseline_max`` in row 0 and above ``min_activation`` in row 1 (at L, S itself is
-   excluded). At most ``max_per_layer`` per layer are kept, the most active first.
-3. Each woken latent is ablated as well, at its own layer, on top of S (one row per latent,
-   batched, forwards from L; later-layer ablations via ``sae_edits`` hooks on their blocks):
-   ``refusal_effect`` = score(S + it) − score(S). It *restores refusal* (is a redundant
-   refusal latent) if that is below −``restore_threshold``: with S gone it pushes the score
-   back up, and removing it too makes the prompt comply further. One more row ablates all the
-   restoring ones together with S (the summary's "hydra" check).
+* ``set s``: each greedy set that flips its prompt (the joint set too: ``joint``), ablated at
+  its layer L (``decode(codes without S) + error``);
+* ``set s − i``: the same set without one of its latents (a set that does *not* flip, measured);
+* ``direction``: the study's refusal direction projected out at every layer (Arditi et al.),
+  when ``analyze direction`` has run.
 
-Rows of the result are (prompt, layer, latent); the positions and token strings where the
-latent fires in the ablated forward are kept (often BOS or chat-template tokens).
+Woken latents. In each context the residual at L and at every later layer with an SAE is
+re-encoded; a latent is *woken* there if its largest activation over the prompt's tokens is at
+most ``baseline_max`` untouched and above ``min_activation`` in the context (at L the context's
+own latents excluded); at most ``max_per_layer`` per layer, the most active first.
+
+Causal tests, each a measured refusal score f (fast log-odds):
+
+* suppress: the woken latent is removed as well, at its layer and where it woke (at a later
+  layer by an SAE splice in the context's forward; at L by subtracting its re-encoded
+  activation × decoder row from the context's edited residual): ``effect = f(ctx + j) − f(ctx)``;
+* clamp: on the untouched model, the latent is set to its woken activation at the positions
+  where it woke: ``clamp_effect = f(clamp j) − f(∅)``.
+
+Verdicts per row. In a context that flips (score below the study's threshold), a woken latent
+is a **dormant backup** if suppressing it deepens the flip (``effect < −restore_threshold``) or
+clamping it raises the refusal score (``clamp_effect > restore_threshold``). In a context that
+does not flip, it is **redundant** with that set if ablating both flips (``f(ctx + j)`` below
+the threshold). Rows keep every woken latent with its numbers, so "none found" is visible as
+rows that fail the tests.
 """
 
 from __future__ import annotations
@@ -30,13 +39,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from cache.directions import direction_ablation
 from cache.forward import refusal_log_odds
-from cache.interventions import RowMaskEdit, sae_edits
-from cache.sae import encode
+from cache.interventions import LatentEdit, RowMaskEdit, capture_resid, sae_edits
+from cache.sae import decoder_rows, encode
 from explorer.evaluate import AblationEvaluator, EvaluatorConfig
 from explorer.experiments import MinimalSet, flipping_sets
 from explorer.live import LiveContext
-from explorer.results import DormantResult, GreedyResult
+from explorer.results import DirectionResult, DormantResult, GreedyResult
 from store import Study
 from store.errors import InputError
 
@@ -48,17 +58,21 @@ class DormantConfig:
     baseline_max: float = 0.0
     """A latent counts as dormant on a prompt if its max activation there is ≤ this at baseline."""
     min_activation: float = 0.0
-    """… and it is woken if its max activation exceeds this with the minimal set ablated."""
+    """… and it is woken if its max activation exceeds this in a context."""
     max_per_layer: int = 32
-    """Woken latents tested per prompt and layer (the most active first)."""
+    """Woken latents tested per context, prompt and layer (the most active first)."""
     restore_threshold: float = 0.05
-    """It restores refusal if ablating it as well lowers the score by more than this (log-odds)."""
+    """Score change (log-odds) that counts: suppressing a backup lowers, clamping it raises the score by more."""
     prompts: tuple[int, ...] | None = None
     """Only the greedy sets of these prompts (None = every set that flips)."""
     max_sets: int = 8
-    """At most this many greedy sets (the first ones)."""
-    include_joint: bool = False
-    """Also analyse a joint greedy set (ablated on each of its prompts in turn)."""
+    """At most this many greedy sets (the first ones; the joint set counts as one)."""
+    include_joint: bool = True
+    """Also the joint greedy set (ablated on each of its prompts in turn)."""
+    subsets: bool = True
+    """Also each set without one latent (sets that do not flip), for redundancy."""
+    direction: bool = True
+    """Also the refusal direction ablated at every layer (needs `analyze direction`)."""
     max_batch: int = 16
     """Rows per forward when testing woken latents."""
 
@@ -70,17 +84,23 @@ class DormantConfig:
 
 
 @dataclass
-class _Rows:
-    """Accumulates result rows."""
+class _Context:
+    label: str
+    latents: tuple[int, ...]  # ablated at L (empty for the direction)
+    direction: bool = False
+    score: float = float("nan")
+    codes: dict[int, torch.Tensor] = field(default_factory=dict)  # layer → [len, d_sae]
 
-    prompt: list[int] = field(default_factory=list)
-    layer: list[int] = field(default_factory=list)
-    latent: list[int] = field(default_factory=list)
-    base: list[float] = field(default_factory=list)
-    ablated: list[float] = field(default_factory=list)
-    effect: list[float] = field(default_factory=list)
-    positions: list[np.ndarray] = field(default_factory=list)
-    tokens: list[list[str]] = field(default_factory=list)
+
+@dataclass
+class _Woken:
+    context: int
+    layer: int
+    latent: int
+    base: float
+    woken: float
+    where: np.ndarray  # token positions where it fires in the context
+    values: np.ndarray  # its activation there
 
 
 def dormant_layers(study: Study, live: LiveContext, source: int, config: DormantConfig) -> list[int]:
@@ -100,59 +120,169 @@ def dormant_layers(study: Study, live: LiveContext, source: int, config: Dormant
     return layers
 
 
-def _prompt_evaluator(live: LiveContext, ids: list[int], source: int, max_batch: int) -> AblationEvaluator:
-    """Runs layers 0..L of the prompt once; every forward below starts from layer L."""
-    return AblationEvaluator.from_live(live, [ids], EvaluatorConfig(layer=source, max_batch=max_batch))
+def _label(greedy: GreedyResult, minimal: MinimalSet) -> str:
+    return "joint" if len(minimal.prompts) > 1 or (len(greedy.joint_prompts) and minimal.index == len(greedy.prompt) - 1) else f"set {minimal.index}"
 
 
-@torch.no_grad()
-def _baseline_and_ablated(
-    ev: AblationEvaluator, live: LiveContext, latents: Sequence[int], layers: Sequence[int],
-) -> tuple[np.ndarray, dict[int, torch.Tensor]]:
-    """Scores [2] (untouched, S ablated) and per layer the re-encoded codes [2, len, d_sae]."""
-    masks = ev.masks_of_sets([[], list(latents)])  # [2, d_sae]
-    later = [layer for layer in layers if layer > ev.layer]
-    out = ev.run(masks, capture=later)  # one forward from L, capturing the later layers by hooks
-    codes = {}
-    if ev.layer in layers:  # at L: the clean codes, and the edited residual re-encoded
-        codes[ev.layer] = torch.stack([ev.codes[0], encode(ev.sae, ev.edited_resid(0, masks[1:])[0])])
-    for layer in later:
-        codes[layer] = encode(live.sae(layer), torch.stack([out.captured[layer][0][0], out.captured[layer][1][0]]))
-    return out.scores[:, 0], codes
-
-
-@torch.no_grad()
-def _extra_ablation_scores(
-    ev: AblationEvaluator, live: LiveContext, latents: Sequence[int], extra: Sequence[Sequence[tuple[int, int]]],
-) -> np.ndarray:
-    """Scores [len(extra)]: row r has S and every (layer, latent) of ``extra[r]`` ablated.
-
-    S and the extra latents at L edit the layer-L residual the forward starts from; those at
-    later layers are ablated by ``sae_edits`` hooks on their blocks during that forward."""
-    out = np.zeros(len(extra), np.float32)
-    step = ev.config.max_batch
-    for start in range(0, len(extra), step):
-        chunk = extra[start : start + step]
-        at_source = ev.masks_of_sets([[*latents, *(j for layer, j in row if layer == ev.layer)] for row in chunk])
-        later: dict[int, torch.Tensor] = {}
-        for r, row in enumerate(chunk):
-            for layer, latent in row:
-                if layer != ev.layer:
-                    if layer not in later:
-                        later[layer] = torch.zeros(len(chunk), int(live.sae(layer).cfg.d_sae), dtype=torch.bool)
-                    later[layer][r, latent] = True
-        resid = ev.edited_resid(0, at_source)  # [rows, len, d_model]
-        edits = [RowMaskEdit(layer=layer, mask=mask) for layer, mask in later.items()]
-        with sae_edits(live.model, {layer: live.sae(layer) for layer in later}, edits):
-            logits, _ = ev.forward_from([0] * len(chunk), list(resid))
-        out[start : start + len(chunk)] = refusal_log_odds(logits, live.refusal_ids).float().cpu().numpy()
+def _contexts(greedy: GreedyResult, sets: list[MinimalSet], prompt: int, config: DormantConfig, direction: bool) -> list[_Context]:
+    out = []
+    for minimal in sets:
+        if prompt not in minimal.prompts:
+            continue
+        label = _label(greedy, minimal)
+        out.append(_Context(label, minimal.latents))
+        if config.subsets and len(minimal.latents) > 1:
+            out.extend(_Context(f"{label} − {i}", tuple(j for j in minimal.latents if j != i)) for i in minimal.latents)
+    if direction:
+        out.append(_Context("direction", (), direction=True))
     return out
 
 
+def _scores(logits: torch.Tensor, live: LiveContext) -> np.ndarray:
+    return refusal_log_odds(logits, live.refusal_ids).float().cpu().numpy()
+
+
+@torch.no_grad()
+def _full_forward(live: LiveContext, ids: list[int], rows: int, *, direction: torch.Tensor | None = None,
+                  saes: dict | None = None, edits: Sequence = (), capture: Sequence[int] = ()) -> tuple[np.ndarray, dict[int, torch.Tensor]]:
+    """Scores [rows] of ``rows`` copies of the prompt (direction ablated, SAE edits), and the
+    residuals [rows, len, d_model] at ``capture``."""
+    x = torch.tensor([ids] * rows, device=live.device)
+    with torch.no_grad():
+        ablation = direction_ablation(live.model, direction) if direction is not None else _nothing()
+        with ablation, sae_edits(live.model, saes or {}, list(edits)), capture_resid(live.model, capture) as captured:
+            logits = live.model(x, use_cache=False).logits[:, -1]
+    return _scores(logits, live), {layer: captured[layer][0] for layer in capture}
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *_exc: object) -> None:
+        return None
+
+
+@torch.no_grad()
+def _context_codes(ev: AblationEvaluator, live: LiveContext, ids: list[int], contexts: list[_Context], layers: list[int],
+                   direction: torch.Tensor | None) -> dict[int, torch.Tensor]:
+    """Fill each context's score and codes; returns the baseline codes per layer."""
+    later = [layer for layer in layers if layer > ev.layer]
+    sets = [c for c in contexts if not c.direction]
+    out = ev.run(ev.masks_of_sets([[], *(c.latents for c in sets)]), capture=later)
+    base = {layer: encode(live.sae(layer), out.captured[layer][0][0]) for layer in later}
+    if ev.layer in layers:
+        base[ev.layer] = ev.codes[0]
+    masks = ev.masks_of_sets([c.latents for c in sets]) if sets else None
+    for r, context in enumerate(sets):
+        context.score = float(out.scores[r + 1, 0])
+        if ev.layer in layers:
+            context.codes[ev.layer] = encode(ev.sae, ev.edited_resid(0, masks[r : r + 1])[0])
+        for layer in later:
+            context.codes[layer] = encode(live.sae(layer), out.captured[layer][r + 1][0])
+    for context in contexts:
+        if context.direction:
+            scores, captured = _full_forward(live, ids, 1, direction=direction, capture=layers)
+            context.score = float(scores[0])
+            context.codes = {layer: encode(live.sae(layer), captured[layer][0]) for layer in layers}
+    return base
+
+
+def _woken(contexts: list[_Context], base: dict[int, torch.Tensor], layers: list[int], source: int, config: DormantConfig) -> list[_Woken]:
+    found = []
+    for c, context in enumerate(contexts):
+        for layer in layers:
+            base_max, codes = base[layer].max(0).values, context.codes[layer]
+            ctx_max = codes.max(0).values
+            woken = (base_max <= config.baseline_max) & (ctx_max > config.min_activation)
+            if layer == source and context.latents:
+                woken[list(context.latents)] = False
+            picked = woken.nonzero().flatten()
+            picked = picked[torch.argsort(-ctx_max[picked], stable=True)][: config.max_per_layer]
+            for latent in picked.tolist():
+                column = codes[:, latent]
+                where = (column > config.min_activation).nonzero().flatten()
+                found.append(_Woken(c, layer, latent, float(base_max[latent]), float(ctx_max[latent]),
+                                    where.cpu().numpy(), column[where].float().cpu().numpy()))
+    return found
+
+
+@torch.no_grad()
+def _suppressed_set_scores(ev: AblationEvaluator, live: LiveContext, rows: list[tuple[_Context, _Woken]]) -> np.ndarray:
+    """f(ctx + j) for set contexts, from layer L: at L the re-encoded activation is subtracted,
+    at later layers an SAE splice ablates j where it fires."""
+    out = np.zeros(len(rows), np.float32)
+    w_dec = decoder_rows(ev.sae)
+    for start in range(0, len(rows), ev.config.max_batch):
+        chunk = rows[start : start + ev.config.max_batch]
+        resid = ev.edited_resid(0, ev.masks_of_sets([c.latents for c, _ in chunk]))  # [b, len, d_model]
+        later: dict[int, torch.Tensor] = {}
+        for r, (context, w) in enumerate(chunk):
+            if w.layer == ev.layer:
+                activation = context.codes[w.layer][:, w.latent].to(resid.dtype)  # [len]
+                resid[r] = resid[r] - activation[:, None] * w_dec[w.latent].to(resid.dtype)[None, :]
+            else:
+                mask = later.setdefault(w.layer, torch.zeros(len(chunk), int(live.sae(w.layer).cfg.d_sae), dtype=torch.bool))
+                mask[r, w.latent] = True
+        edits = [RowMaskEdit(layer=layer, mask=mask) for layer, mask in later.items()]
+        with sae_edits(live.model, {layer: live.sae(layer) for layer in later}, edits):
+            logits, _ = ev.forward_from([0] * len(chunk), list(resid))
+        out[start : start + len(chunk)] = _scores(logits, live)
+    return out
+
+
+def _suppressed_direction_scores(live: LiveContext, ids: list[int], direction: torch.Tensor, woken: list[_Woken], step: int) -> np.ndarray:
+    """f(direction + j): direction ablated everywhere, j ablated by an SAE splice at its layer."""
+    out = np.zeros(len(woken), np.float32)
+    for start in range(0, len(woken), step):
+        chunk = woken[start : start + step]
+        masks: dict[int, torch.Tensor] = {}
+        for r, w in enumerate(chunk):
+            masks.setdefault(w.layer, torch.zeros(len(chunk), int(live.sae(w.layer).cfg.d_sae), dtype=torch.bool))[r, w.latent] = True
+        edits = [RowMaskEdit(layer=layer, mask=mask) for layer, mask in masks.items()]
+        out[start : start + len(chunk)], _ = _full_forward(
+            live, ids, len(chunk), direction=direction, saes={layer: live.sae(layer) for layer in masks}, edits=edits,
+        )
+    return out
+
+
+def _clamp_scores(live: LiveContext, ids: list[int], woken: list[_Woken], step: int) -> np.ndarray:
+    """f(clamp j) on the untouched prompt: j set to its woken activation where it woke."""
+    out = np.zeros(len(woken), np.float32)
+    for start in range(0, len(woken), step):
+        chunk = woken[start : start + step]
+        edits = [
+            LatentEdit(layer=w.layer, latents=(w.latent,), mode="clamp", value=float(v), positions=(int(p),), rows=(r,))
+            for r, w in enumerate(chunk) for p, v in zip(w.where, w.values)
+        ]
+        layers = sorted({w.layer for w in chunk})
+        out[start : start + len(chunk)], _ = _full_forward(live, ids, len(chunk), saes={layer: live.sae(layer) for layer in layers}, edits=edits)
+    return out
+
+
+@dataclass
+class _Rows:
+    columns: dict[str, list] = field(default_factory=dict)
+
+    def add(self, **values: Any) -> None:
+        for key, value in values.items():
+            self.columns.setdefault(key, []).append(value)
+
+    def get(self, key: str, dtype: Any) -> np.ndarray:
+        return np.array(self.columns.get(key, []), dtype=dtype)
+
+
+def _direction(study: Study, run: str, config: DormantConfig) -> torch.Tensor | None:
+    if not config.direction:
+        return None
+    result = DirectionResult.load(study, run)
+    return None if result is None else torch.as_tensor(np.asarray(result.direction, np.float32))
+
+
 def run_dormant(
-    study: Study, live: LiveContext, greedy: GreedyResult, config: DormantConfig, *, progress: bool = True,
+    study: Study, live: LiveContext, greedy: GreedyResult, config: DormantConfig, *, progress: bool = True, run: str = "default",
 ) -> tuple[DormantResult, dict[str, Any]]:
-    """Find the woken latents of every chosen greedy set and test which restore refusal."""
+    """Find the woken latents of every context and test which are backups or redundant."""
     source = int(greedy.layer)
     sets = flipping_sets(greedy, include_joint=config.include_joint)
     if config.prompts is not None:
@@ -162,83 +292,130 @@ def run_dormant(
     if not sets:
         raise InputError("no greedy set flips its prompt (or none of --prompts has one); run `refusal-explorer analyze greedy` first")
     layers = dormant_layers(study, live, source, config)
-    jobs = [(s, p) for s in sets for p in s.prompts]
-    rows, per_prompt = _Rows(), []
-    for minimal, prompt in tqdm(jobs, desc="dormant latents", unit="prompt", disable=not progress):
-        per_prompt.append(_one_prompt(study, live, source, minimal, prompt, layers, config, rows))
-    restores = np.array(rows.effect, np.float32) < -config.restore_threshold
-    counts = np.array([len(p) for p in rows.positions], np.int64)
+    direction = _direction(study, run, config)
+    prompts = list(dict.fromkeys(p for s in sets for p in s.prompts))
+    threshold = float(greedy.threshold)
+    rows, per_context = _Rows(), _Rows()
+    for prompt in tqdm(prompts, desc="dormant latents", unit="prompt", disable=not progress):
+        _one_prompt(study, live, greedy, sets, prompt, layers, config, direction, threshold, rows, per_context)
+    counts = np.array([len(p) for p in rows.columns.get("where", [])], np.int64)
     result = DormantResult(
-        source_layer=source, latent=np.array(rows.latent, np.int64), layer=np.array(rows.layer, np.int64),
-        baseline_activation=np.array(rows.base, np.float32), ablated_activation=np.array(rows.ablated, np.float32),
-        refusal_effect=np.array(rows.effect, np.float32), restores_refusal=restores,
+        source_layer=source, latent=rows.get("latent", np.int64), layer=rows.get("layer", np.int64),
+        baseline_activation=rows.get("base", np.float32), ablated_activation=rows.get("woken", np.float32),
+        refusal_effect=rows.get("effect", np.float32), restores_refusal=rows.get("deepens", bool),
         position_offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
-        position=np.concatenate(rows.positions).astype(np.int64) if rows.positions else np.zeros(0, np.int64),
-        position_token=np.array([t for tokens in rows.tokens for t in tokens], dtype=object),
-        prompt=np.array(rows.prompt, np.int64),
+        position=np.concatenate(rows.columns["where"]).astype(np.int64) if counts.size else np.zeros(0, np.int64),
+        position_token=np.array([t for tokens in rows.columns.get("tokens", []) for t in tokens], dtype=object),
+        prompt=rows.get("prompt", np.int64), context=rows.get("context", object), context_score=rows.get("context_score", np.float32),
+        context_flips=rows.get("context_flips", bool), with_latent_score=rows.get("with_latent", np.float32),
+        clamp_effect=rows.get("clamp_effect", np.float32), raises_refusal=rows.get("raises", bool),
+        backup=rows.get("backup", bool), redundant=rows.get("redundant", bool), threshold=threshold,
+        effect_threshold=float(config.restore_threshold),
+        context_prompt=per_context.get("prompt", np.int64), context_label=per_context.get("label", object),
+        context_baseline=per_context.get("baseline", np.float32), context_ablated=per_context.get("score", np.float32),
+        context_woken=per_context.get("woken", np.int64),
     )
-    return result, _summary(result, layers, per_prompt)
+    return result, dormant_summary(result, layers, direction is not None)
 
 
 def _one_prompt(
-    study: Study, live: LiveContext, source: int, minimal: MinimalSet, prompt: int, layers: list[int], config: DormantConfig,
-    rows: _Rows,
-) -> dict[str, Any]:
+    study: Study, live: LiveContext, greedy: GreedyResult, sets: list[MinimalSet], prompt: int, layers: list[int],
+    config: DormantConfig, direction: torch.Tensor | None, threshold: float, rows: _Rows, per_context: _Rows,
+) -> None:
     ids = study.token_ids(prompt).astype(int).tolist()
+    source = int(greedy.layer)
     d_source = int(live.sae(source).cfg.d_sae)
-    if minimal.latents and max(minimal.latents) >= d_source:
-        raise InputError(f"latent {max(minimal.latents)} is out of range: the SAE at layer {source} has {d_source} latents")
-    ev = _prompt_evaluator(live, ids, source, config.max_batch)
-    scores, codes = _baseline_and_ablated(ev, live, minimal.latents, layers)
+    biggest = max((max(s.latents) for s in sets if s.latents), default=-1)
+    if biggest >= d_source:
+        raise InputError(f"latent {biggest} is out of range: the SAE at layer {source} has {d_source} latents")
+    ev = AblationEvaluator.from_live(live, [ids], EvaluatorConfig(layer=source, max_batch=config.max_batch))
+    contexts = _contexts(greedy, sets, prompt, config, direction is not None)
+    base = _context_codes(ev, live, ids, contexts, layers, direction)
+    baseline = float(ev.baseline[0])
+    woken = _woken(contexts, base, layers, source, config)
+    set_rows = [(contexts[w.context], w) for w in woken if not contexts[w.context].direction]
+    with_latent = dict(zip((id(w) for _, w in set_rows), _suppressed_set_scores(ev, live, set_rows))) if set_rows else {}
+    direction_rows = [w for w in woken if contexts[w.context].direction]
+    if direction_rows:
+        with_latent.update(zip((id(w) for w in direction_rows), _suppressed_direction_scores(live, ids, direction, direction_rows, config.max_batch)))
+    to_clamp = [w for w in woken if contexts[w.context].score < threshold]
+    clamped = dict(zip((id(w) for w in to_clamp), _clamp_scores(live, ids, to_clamp, config.max_batch))) if to_clamp else {}
     tokens = study.token_strings(np.asarray(ids))
-    found: list[tuple[int, int, float, float, np.ndarray]] = []
-    for layer in layers:
-        base, abl = codes[layer][0], codes[layer][1]  # [len, d_sae]
-        base_max, abl_max = base.max(0).values, abl.max(0).values  # [d_sae]
-        woken = (base_max <= config.baseline_max) & (abl_max > config.min_activation)
-        if layer == source:
-            woken[list(minimal.latents)] = False
-        picked = woken.nonzero().flatten()
-        picked = picked[torch.argsort(-abl_max[picked], stable=True)][: config.max_per_layer]
-        for latent in picked.tolist():
-            where = (abl[:, latent] > config.min_activation).nonzero().flatten().cpu().numpy()
-            found.append((layer, latent, float(base_max[latent]), float(abl_max[latent]), where))
-    extra = [(layer, latent) for layer, latent, *_ in found]
-    rows_extra = [[pair] for pair in extra] if extra else []
-    with_extra = _extra_ablation_scores(ev, live, minimal.latents, rows_extra) if extra else np.zeros(0, np.float32)
-    effects = with_extra - scores[1]
-    restoring = [extra[i] for i in np.flatnonzero(effects < -config.restore_threshold)]
-    # the hydra check: every restoring latent ablated together with S
-    hydra = float(_extra_ablation_scores(ev, live, minimal.latents, [restoring])[0]) if restoring else float("nan")
-    for (layer, latent, base_value, abl_value, where), effect in zip(found, effects):
-        rows.prompt.append(prompt)
-        rows.layer.append(layer)
-        rows.latent.append(latent)
-        rows.base.append(base_value)
-        rows.ablated.append(abl_value)
-        rows.effect.append(float(effect))
-        rows.positions.append(where)
-        rows.tokens.append([tokens[i] for i in where.tolist()])
+    for context in contexts:
+        per_context.add(prompt=prompt, label=context.label, baseline=baseline, score=context.score,
+                        woken=sum(contexts[w.context] is context for w in woken))
+    for w in woken:
+        context = contexts[w.context]
+        flips = context.score < threshold
+        score = float(with_latent[id(w)])
+        effect = score - context.score
+        clamp = float(clamped[id(w)]) - baseline if id(w) in clamped else float("nan")
+        deepens = flips and effect < -config.restore_threshold
+        raises = flips and clamp > config.restore_threshold
+        rows.add(
+            prompt=prompt, context=context.label, context_score=context.score, context_flips=flips, layer=w.layer, latent=w.latent,
+            base=w.base, woken=w.woken, with_latent=score, effect=effect, clamp_effect=clamp, deepens=deepens, raises=raises,
+            backup=deepens or raises, redundant=(not flips) and score < threshold, where=w.where,
+            tokens=[tokens[i] for i in w.where.tolist()],
+        )
+
+
+def dormant_summary(result: DormantResult, layers: list[int], had_direction: bool) -> dict[str, Any]:
+    """Counts and per-prompt evidence for the CLI (and ``--json``)."""
+    backups = {(int(p), int(layer), int(j)) for p, layer, j, b in zip(result.prompt, result.layer, result.latent, result.backup) if b}
+    redundant = [(int(p), str(c), int(layer), int(j)) for p, c, layer, j, r in zip(result.prompt, result.context, result.layer, result.latent, result.redundant) if r]
+    by_prompt = []
+    for prompt in dict.fromkeys(result.context_prompt.tolist()):
+        here = result.prompt == prompt
+        contexts = [
+            {"context": str(label), "score": float(score), "flips": bool(score < result.threshold), "woken": int(n)}
+            for p, label, score, n in zip(result.context_prompt, result.context_label, result.context_ablated, result.context_woken) if p == prompt
+        ]
+        evidence = [
+            {"context": str(result.context[i]), "layer": int(result.layer[i]), "latent": int(result.latent[i]),
+             "woken": float(result.ablated_activation[i]), "suppress_effect": float(result.refusal_effect[i]),
+             "clamp_effect": None if np.isnan(result.clamp_effect[i]) else float(result.clamp_effect[i]),
+             "with_latent_score": float(result.with_latent_score[i]),
+             "kind": "backup" if result.backup[i] else "redundant"}
+            for i in np.flatnonzero(here & (result.backup | result.redundant))
+        ]
+        by_prompt.append({
+            "prompt": int(prompt), "baseline": float(result.context_baseline[result.context_prompt == prompt][0]),
+            "contexts": contexts, "woken": int(here.sum()), "backups": int((here & result.backup).sum()),
+            "redundant": int((here & result.redundant).sum()), "evidence": evidence,
+        })
     return {
-        "prompt": prompt, "set_size": len(minimal.latents), "baseline": float(scores[0]), "ablated": float(scores[1]),
-        "woken": len(found), "restoring": len(restoring), "all_restoring_ablated": hydra,
+        "layers": layers, "threshold": float(result.threshold), "effect_threshold": float(result.effect_threshold),
+        "direction_searched": had_direction, "n_rows": int(len(result.latent)),
+        "n_contexts": int(len(result.context_label)), "n_backups": len(backups), "n_redundant": len(redundant),
+        "backups": sorted(backups), "redundant": redundant, "prompts": by_prompt,
     }
 
 
-def _summary(result: DormantResult, layers: list[int], per_prompt: list[dict[str, Any]]) -> dict[str, Any]:
-    by_layer = {
-        layer: (int((result.layer == layer).sum()), int(((result.layer == layer) & result.restores_refusal).sum())) for layer in layers
-    }
-    restoring = np.flatnonzero(result.restores_refusal)
-    first_tokens: dict[str, int] = {}
-    for i in restoring:
-        s = slice(result.position_offsets[i], result.position_offsets[i + 1])
-        for token in set(result.position_token[s].tolist()):
-            first_tokens[token] = first_tokens.get(token, 0) + 1
-    strongest = restoring[np.argsort(result.refusal_effect[restoring], kind="stable")][:8]
-    return {
-        "layers": layers, "by_layer": by_layer, "prompts": per_prompt, "n_rows": int(len(result.latent)),
-        "n_restoring": int(len(restoring)),
-        "strongest": [(int(result.prompt[i]), int(result.layer[i]), int(result.latent[i]), float(result.refusal_effect[i])) for i in strongest],
-        "tokens": sorted(first_tokens.items(), key=lambda item: -item[1])[:8],
-    }
+def dormant_summary_lines(summary: dict[str, Any], source_layer: int) -> list[str]:
+    """The CLI's text: one block per prompt, the counts, and "none found" when so."""
+    lines = [
+        f"dormant    contexts: flipping sets, each set less one latent, {'the direction' if summary['direction_searched'] else 'no direction (run analyze direction)'}; "
+        f"ablated at layer {source_layer}, re-encoded at layers {summary['layers']}",
+        f"tests      backup: woken in a flipping context and suppressing it lowers the score by > {summary['effect_threshold']:g} "
+        f"or clamping it on the untouched prompt raises it by more; redundant: woken in a set that does not flip and "
+        f"ablating both goes below {summary['threshold']:+.2f}",
+    ]
+    for info in summary["prompts"]:
+        flips = sum(c["flips"] for c in info["contexts"])
+        lines.append(
+            f"prompt {info['prompt']:<4} baseline {info['baseline']:+.2f}; {len(info['contexts'])} contexts ({flips} flip); "
+            f"{info['woken']} woken, {info['backups']} dormant backups, {info['redundant']} redundant"
+        )
+        for e in info["evidence"][:6]:
+            clamp = "n/a" if e["clamp_effect"] is None else f"{e['clamp_effect']:+.2f}"
+            lines.append(
+                f"           {e['kind']:<9} L{e['layer']}#{e['latent']} in {e['context']}: woken {e['woken']:.2f}, "
+                f"suppressed {e['suppress_effect']:+.2f} (→ {e['with_latent_score']:+.2f}), clamped {clamp}"
+            )
+    lines.append(
+        f"found      {summary['n_backups']} dormant backups, {summary['n_redundant']} redundant (latent, set) pairs"
+        if summary["n_backups"] or summary["n_redundant"] else
+        f"found      none: no woken latent passed a causal test ({summary['n_rows']} tested in {summary['n_contexts']} contexts)"
+    )
+    return lines

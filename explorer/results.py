@@ -211,22 +211,42 @@ class FMResult(StageResult):
 
 @dataclass(frozen=True, kw_only=True)
 class DormantResult(StageResult):
-    """Latents silent at baseline that wake up when the minimal set is ablated (hydra effect)."""
+    """Latents silent at baseline that wake in a context (a set or the direction ablated), each
+    tested causally: dormant backups (in flipping contexts) and redundant latents (in sets that
+    do not flip). One row per (prompt, context, layer, latent); ``context_*`` arrays list every
+    context searched, woken latents or not, so "none found" is on record."""
 
     STAGE: ClassVar[str] = "dormant"
     COMMAND: ClassVar[str] = "refusal-explorer analyze dormant"
-    source_layer: int  # where the minimal set was ablated
+    source_layer: int  # where the sets were ablated
     latent: np.ndarray  # int [m]
     layer: np.ndarray  # int [m]: layer of the latent (source or later)
-    baseline_activation: np.ndarray  # float32 [m]: max over the prompts' tokens, nothing ablated
-    ablated_activation: np.ndarray  # float32 [m]: the same with the minimal set ablated
-    refusal_effect: np.ndarray  # float32 [m]: score change when it is ablated as well (negative = it restores refusal)
-    restores_refusal: np.ndarray  # bool [m]
+    baseline_activation: np.ndarray  # float32 [m]: max over the prompt's tokens, nothing ablated
+    ablated_activation: np.ndarray  # float32 [m]: the same in the context (woken)
+    refusal_effect: np.ndarray  # float32 [m]: f(context + latent) − f(context): suppressing it as well
+    restores_refusal: np.ndarray  # bool [m]: in a flipping context, suppressing it lowers the score by > effect_threshold
     position_offsets: np.ndarray  # int64 [m+1]: CSR into position/position_token
     position: np.ndarray  # int [total]: token positions where it fires when awake
     position_token: np.ndarray  # str [total]: those tokens (e.g. BOS, template tokens)
     prompt: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
-    # int [m]: the prompt each row was measured on (its minimal set ablated); empty: not recorded
+    # int [m]: the prompt each row was measured on; empty: not recorded
+    # the fields below are empty / nan in runs made before the causal tests existed
+    context: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, object))  # str [m]: "set 0", "set 0 − 17", "joint", "direction"
+    context_score: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.float32))  # float32 [m]: f(context)
+    context_flips: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, bool))  # bool [m]: f(context) < threshold
+    with_latent_score: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.float32))  # float32 [m]: f(context + latent)
+    clamp_effect: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.float32))
+    # float32 [m]: f(latent clamped to its woken activation, nothing ablated) − f(∅); nan: not tested (context does not flip)
+    raises_refusal: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, bool))  # bool [m]: clamp_effect > effect_threshold
+    backup: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, bool))  # bool [m]: restores_refusal or raises_refusal
+    redundant: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, bool))  # bool [m]: context does not flip, context + latent does
+    threshold: float = float("nan")  # flip threshold (the greedy stage's)
+    effect_threshold: float = float("nan")  # score change that counts (restore_threshold)
+    context_prompt: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))  # int [c]: every context searched
+    context_label: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, object))  # str [c]
+    context_baseline: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.float32))  # float32 [c]: f(∅) on its prompt
+    context_ablated: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.float32))  # float32 [c]: f(context)
+    context_woken: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))  # int [c]: woken latents tested
 
 
 RESULT_TYPES: tuple[type[StageResult], ...] = (

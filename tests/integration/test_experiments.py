@@ -179,7 +179,7 @@ def test_cli_experiments_then_fm(tiny_study, monkeypatch: pytest.MonkeyPatch) ->
     assert "R² (CV)" in out.output and "verdict" in out.output and "post-instruction tokens" in out.output
     out = runner.invoke(group, ["fm", str(path), "--run", "cli", "--rank", "2", "--json"])
     assert out.exit_code == 0, out.output
-    facts = json.loads(out.output)
+    facts = json.loads(out.stdout)
     assert facts["verdict"] in ("interactions", "additive") and set(facts["r2"]) >= {"fm", "linear", "mean"}
     assert all(set(p) >= {"i", "j", "fm", "measured"} for p in facts["pairs"])
     assert (facts["verdict"] == "interactions") or facts["pairs"] == []
