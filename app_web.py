@@ -154,9 +154,10 @@ def _fm_tab(ctx: WebContext) -> None:
     gr.Markdown(text, elem_id="fm-summary")
     if ctx.fm is None:
         return
-    gr.Plot(figure, label="Interaction heatmap (camera icon: PNG)")
+    if figure is not None:  # only when the FM beats the additive model
+        gr.Plot(figure, label="Interaction heatmap (camera icon: PNG)")
     with gr.Row():
-        pair_table = gr.Dataframe(pairs, interactive=False, label="Strongest pairs", max_height=400)
+        pair_table = gr.Dataframe(pairs, interactive=False, label="Verified pairs: FM vs measured", max_height=400)
         weight_table = gr.Dataframe(weights, interactive=False, label="Per-latent weights", max_height=400)
     with gr.Row():
         export_pairs = gr.Button("Export pairs (CSV)")
@@ -171,7 +172,7 @@ def _dormant_tab(ctx: WebContext) -> None:
     gr.Markdown(text, elem_id="dormant-summary")
     if ctx.dormant is None:
         return
-    table = gr.Dataframe(frame, interactive=False, label="Dormant latents", max_height=400)
+    table = gr.Dataframe(frame, interactive=False, label="Woken latents and their causal tests, per prompt", max_height=400)
     with gr.Row():
         export = gr.Button("Export (CSV)")
         export_file = gr.File(label="CSV", interactive=False, height=90)

@@ -71,13 +71,38 @@ def trajectory(ctx: WebContext, index: object) -> tuple[go.Figure | None, pd.Dat
 
 
 def fm_interactions(ctx: WebContext) -> tuple[str, go.Figure | None, pd.DataFrame, pd.DataFrame]:
-    """(fit summary, interaction heatmap, strongest pairs, per-latent weights)."""
+    """(verdict and fit summary, interaction heatmap or None, verified pairs, per-latent weights).
+
+    The heatmap and the pairs appear only when the FM beats the additive model; each pair
+    comes with its measured interaction (four ablations on the experiments' prompts)."""
     fm = ctx.fm
     if fm is None:
         note = ctx.missing_note("fm", "FM fit")
         if ctx.experiments is None:
             note += " It needs the ablation experiments first: run " + ctx.command_for("experiments") + "."
         return note, None, pd.DataFrame({"latent_i": []}), pd.DataFrame({"latent": []})
+    minimal = set()
+    if ctx.experiments is not None:
+        minimal = set(ctx.experiments.latents[ctx.experiments.in_minimal_set].tolist())
+    weights = pd.DataFrame({"latent": fm.latents, "w": rounded(fm.w),
+                            "interaction_share": rounded(fm.interaction_share),
+                            "in_minimal_set": [int(latent) in minimal for latent in fm.latents]})
+    pairs = fm.verified_pairs()
+    pair_frame = pd.DataFrame({
+        "latent_i": [p["i"] for p in pairs], "latent_j": [p["j"] for p in pairs],
+        "fm": [round(p["fm"], FLOAT_DIGITS) for p in pairs], "measured": [round(p["measured"], FLOAT_DIGITS) for p in pairs],
+        "measured_sd": [round(p["measured_sd"], FLOAT_DIGITS) for p in pairs],
+        "sign": ["agrees" if p["sign_agrees"] else "⚠ disagrees" for p in pairs],
+    })
+    if not fm.verdict:  # a run made before the comparison: say so, show nothing as evidence
+        text = (f"This FM (R² train {fm.r2_train:.3f}, held-out {fm.r2_holdout:.3f}, linear {fm.r2_linear_holdout:.3f}) was fitted "
+                f"before the FM-vs-linear test; rerun {ctx.command_for('fm')} for a verdict and verified pairs.")
+        return text, None, pair_frame, weights
+    r2 = ", ".join(f"{name} {fm.r2_cv[k]:.3f} [{fm.r2_cv_low[k]:.3f}, {fm.r2_cv_high[k]:.3f}]" for k, name in enumerate(fm.MODELS))
+    text = (f"**{fm.verdict_text[:1].upper() + fm.verdict_text[1:]}.**  \nCross-validated R² ({fm.folds} folds, "
+            f"{fm.confidence:.0%} bootstrap intervals): {r2}. FM rank {fm.rank} on {len(fm.latents)} latents, layer {fm.layer}.")
+    if fm.verdict != "interactions":
+        return text + " No pair is shown: the FM does not explain the experiments better than additive effects.", None, pair_frame, weights
     matrix = fm.interaction()
     strength = np.abs(fm.w) + np.linalg.norm(fm.V, axis=1)
     shown = np.sort(np.argsort(-strength, kind="stable")[:HEATMAP_MAX])
@@ -85,24 +110,13 @@ def fm_interactions(ctx: WebContext) -> tuple[str, go.Figure | None, pd.DataFram
     title = f"FM pairwise interactions ⟨v_i, v_j⟩, layer {fm.layer}" + (
         f" ({len(shown)} strongest of {len(fm.latents)} latents)" if len(shown) < len(fm.latents) else "")
     figure = plots.heatmap(matrix[np.ix_(shown, shown)], labels, title)
-    pairs = fm.top_pairs(20, "abs")
-    pair_frame = pd.DataFrame({"latent_i": [p[0] for p in pairs], "latent_j": [p[1] for p in pairs],
-                               "interaction": [round(p[2], FLOAT_DIGITS) for p in pairs],
-                               "kind": ["synergy" if p[2] > 0 else "redundancy" for p in pairs]})
-    minimal = set()
-    if ctx.experiments is not None:
-        minimal = set(ctx.experiments.latents[ctx.experiments.in_minimal_set].tolist())
-    weights = pd.DataFrame({"latent": fm.latents, "w": rounded(fm.w),
-                            "interaction_share": rounded(fm.interaction_share),
-                            "in_minimal_set": [int(latent) in minimal for latent in fm.latents]})
-    text = (f"Fitted on {len(fm.latents)} latents: R² train {fm.r2_train:.3f}, held-out {fm.r2_holdout:.3f} "
-            f"(linear model held-out {fm.r2_linear_holdout:.3f}); w0 = {fm.w0:+.3f}. Positive ⟨v_i, v_j⟩: ablating both "
-            "raises the score more than the sum (synergy); negative: they back each other up (redundancy).")
+    text += (" Pairs: the FM's ⟨v_i, v_j⟩ beside the measured f(ij) − f(i) − f(j) + f(∅) (mean and sd over the experiments' "
+             "prompts); negative: the two back each other up (redundancy).")
     return text, figure, pair_frame, weights
 
 
 def dormant_latents(ctx: WebContext) -> tuple[str, pd.DataFrame]:
-    """Latents silent at baseline that wake when the minimal set is ablated."""
+    """Woken latents with their causal tests: dormant backups and redundant latents first."""
     table = ctx.dormant
     if table is None:
         return ctx.missing_note("dormant", "dormant-latent analysis"), pd.DataFrame({"latent": []})
@@ -118,7 +132,24 @@ def dormant_latents(ctx: WebContext) -> tuple[str, pd.DataFrame]:
         "refusal_effect": rounded(table.refusal_effect),
         "restores_refusal": table.restores_refusal.astype(bool), "fires_at": where,
     })
-    restoring = int(table.restores_refusal.sum())
-    text = (f"**{len(table.latent)} latents** wake up when the minimal set of layer {table.source_layer} is ablated; "
-            f"{restoring} of them restore refusal (negative refusal effect: ablating them too lowers the score again).")
+    if len(table.backup) != len(table.latent):  # a run made before the causal tests
+        restoring = int(table.restores_refusal.sum())
+        text = (f"**{len(table.latent)} latents** wake up when the minimal set of layer {table.source_layer} is ablated; "
+                f"{restoring} of them restore refusal (negative refusal effect: ablating them too lowers the score again). "
+                f"Rerun {ctx.command_for('dormant')} for the backup and redundancy tests.")
+        return text, frame
+    frame.insert(2, "prompt", table.prompt)
+    frame.insert(3, "context", table.context.astype(str))
+    frame["clamp_effect"] = rounded(table.clamp_effect)
+    frame["verdict"] = np.where(table.backup, "dormant backup", np.where(table.redundant, "redundant", "–"))
+    frame = frame.iloc[np.lexsort((table.refusal_effect, ~table.redundant, ~table.backup))].reset_index(drop=True)
+    backups = len({(int(p), int(layer), int(j)) for p, layer, j, b in zip(table.prompt, table.layer, table.latent, table.backup) if b})
+    redundant = int(table.redundant.sum())
+    found = (f"**{backups} dormant backups, {redundant} redundant (latent, set) pairs**" if backups or redundant
+             else "**None found**: no woken latent passed a causal test")
+    text = (f"{found} among {len(table.latent)} woken latents in {len(table.context_label)} contexts (sets ablated at layer "
+            f"{table.source_layer}, each set less one latent, the refusal direction). A *dormant backup* is silent at baseline, "
+            f"wakes in a flipping context, and suppressing it lowers the score further (refusal_effect) or clamping it to its "
+            f"woken value on the untouched prompt raises refusal (clamp_effect), by more than {table.effect_threshold:g}. "
+            f"*Redundant*: the set alone does not flip, the set and the latent do.")
     return text, frame

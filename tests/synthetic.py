@@ -181,7 +181,7 @@ def _write_analyses(path: Path, run: str, config: SyntheticConfig, rng: np.rando
         verdict_text="interactions explain 23.0% more variance than additive effects (95% CI 19.0–27.0%)",
         r2_cv=np.array([0.94, 0.71, -0.01]), r2_cv_low=np.array([0.92, 0.66, -0.03]), r2_cv_high=np.array([0.96, 0.75, 0.0]),
         gain=0.23, gain_low=0.19, gain_high=0.27, pair_i=latents[[0, 1]], pair_j=latents[[2, 3]],
-        pair_fm=np.array([0.8, -0.4], np.float32), pair_measured=np.array([[0.7, 0.9, 0.6], [0.1, -0.2, 0.05]], np.float32),
+        pair_fm=np.array([0.8, -0.4], np.float32), pair_measured=np.array([[0.7, 0.9, 0.6], [0.1, 0.2, 0.05]], np.float32),
         pair_prompts=np.array([0, 2, 4]),
     ).save(path, run, config={"rank": 4})
     dormant = np.array(config.dormant_latents)
@@ -191,6 +191,14 @@ def _write_analyses(path: Path, run: str, config: SyntheticConfig, rng: np.rando
         baseline_activation=np.zeros(len(dormant), np.float32), ablated_activation=np.array([2.5, 1.2], np.float32)[: len(dormant)],
         refusal_effect=np.array([-0.8, -0.1], np.float32)[: len(dormant)], restores_refusal=np.array([True, False])[: len(dormant)],
         position_offsets=offsets, position=np.tile([0, -1], len(dormant)), position_token=np.tile(["<|im_start|>", "\n"], len(dormant)),
+        prompt=np.zeros(len(dormant), np.int64), context=np.array(["set 0", "set 0 − 3"], dtype=object)[: len(dormant)],
+        context_score=np.array([-0.5, 0.4], np.float32)[: len(dormant)], context_flips=np.array([True, False])[: len(dormant)],
+        with_latent_score=np.array([-1.3, 0.3], np.float32)[: len(dormant)],
+        clamp_effect=np.array([0.6, np.nan], np.float32)[: len(dormant)], raises_refusal=np.array([True, False])[: len(dormant)],
+        backup=np.array([True, False])[: len(dormant)], redundant=np.zeros(len(dormant), bool), threshold=0.0, effect_threshold=0.05,
+        context_prompt=np.zeros(2, np.int64), context_label=np.array(["set 0", "set 0 − 3"], dtype=object),
+        context_baseline=np.full(2, 1.6, np.float32), context_ablated=np.array([-0.5, 0.4], np.float32),
+        context_woken=np.ones(2, np.int64),
     ).save(path, run, config={"synthetic": True})
 
 

@@ -1,4 +1,6 @@
-"""The factorization machine's pairwise interactions among the top latents, as a coloured grid."""
+"""The factorization machine: its verdict against additive effects, the verified pairs (FM vs
+measured), and the pairwise factors among the top latents as a coloured grid (only when the
+FM beats the additive model; otherwise the grid shows the main effects w alone)."""
 
 from __future__ import annotations
 
@@ -57,27 +59,25 @@ class InteractionsScreen(StudyScreen):
     def show(self, grid: Grid) -> None:
         self.grid = grid
         fm = grid.fm
-        self.query_one("#fm-head", Static).update(Text(
-            f"FM on {len(fm.latents)} latents (layer {fm.layer}) · R² train {fm.r2_train:.2f}, holdout "
-            f"{fm.r2_holdout:.2f} (linear {fm.r2_linear_holdout:.2f}) · ⟨vᵢ,vⱼ⟩: red raises, blue lowers the "
-            "refusal score when both are ablated · enter opens the row's latent", style="dim"))
+        self.query_one("#fm-head", Static).update(head_text(fm))
         table = self.query_one("#fm-grid", DataTable)
         table.clear(columns=True)
         table.add_column(Text("#", justify="right"), width=3, key="index")
         table.add_column(Text("latent", justify="right"), width=7, key="latent")
         table.add_column(Text("w", justify="right"), width=7, key="w")
-        for j in range(len(grid.rows)):
+        n_pairs = 0 if fm.verdict == "additive" else len(grid.rows)  # no pair is shown without evidence
+        for j in range(n_pairs):
             table.add_column(Text(str(j), justify="center"), width=3, key=f"c{j}")
         for i, row in enumerate(grid.rows):
             cells: list[object] = [Text(f"{i}", justify="right", style="dim"),
                                    Text(str(int(fm.latents[row])), justify="right", style="bold"),
                                    Text(f"{float(fm.w[row]):+.2f} ", justify="right")]
-            for j in range(len(grid.rows)):
+            for j in range(n_pairs):
                 value = float(grid.matrix[i, j])
                 cells.append(Text(" · " if i == j else "   ", style="" if i == j else signed_style(value, grid.vmax)))
             table.add_row(*cells)
         self.query_one("#fm-pairs", Static).update(pairs_text(fm))
-        if len(grid.rows) > 1:
+        if n_pairs > 1:
             table.move_cursor(row=0, column=4)
 
     @on(DataTable.CellHighlighted, "#fm-grid")
@@ -87,7 +87,9 @@ class InteractionsScreen(StudyScreen):
             return
         i, column = event.coordinate.row, event.coordinate.column - 3
         a = int(grid.fm.latents[grid.rows[i]])
-        if column < 0 or column == i:
+        if grid.fm.verdict == "additive":
+            text = f"latent {a}: w {float(grid.fm.w[grid.rows[i]]):+.3f} (ablating it alone changes the score by about this)"
+        elif column < 0 or column == i:
             text = f"latent {a}: w {float(grid.fm.w[grid.rows[i]]):+.3f}, interaction share " \
                    f"{float(grid.fm.interaction_share[grid.rows[i]]):.0%}"
         else:
@@ -102,12 +104,39 @@ class InteractionsScreen(StudyScreen):
             self.app.open_latent(latent, self.grid.fm.layer)  # type: ignore[attr-defined]
 
 
-def pairs_text(fm: FMResult, n: int = 4) -> Text:
+def head_text(fm: FMResult) -> Text:
     text = Text()
-    for sign, style, title in (("positive", "red", "Strongest +"), ("negative", "blue", "Strongest −")):
-        pairs = [p for p in fm.top_pairs(n, sign) if (p[2] > 0) == (sign == "positive") and p[2] != 0]
-        text.append(f"{title}: ", style=f"bold {style}")
-        text.append("  ".join(f"{a}×{b} {value:+.3f}" for a, b, value in pairs) or "none")
+    if fm.verdict:
+        text.append(fm.verdict_text[:1].upper() + fm.verdict_text[1:], style="bold green" if fm.verdict == "interactions" else "bold")
+        r2 = " · ".join(f"{name} {fm.r2_cv[k]:.2f} [{fm.r2_cv_low[k]:.2f}, {fm.r2_cv_high[k]:.2f}]" for k, name in enumerate(fm.MODELS))
+        text.append(f"\nR² ({fm.folds}-fold CV): {r2} · FM rank {fm.rank} on {len(fm.latents)} latents (layer {fm.layer})", style="dim")
+    else:
+        text.append(f"FM on {len(fm.latents)} latents (layer {fm.layer}) · R² train {fm.r2_train:.2f}, holdout "
+                    f"{fm.r2_holdout:.2f} (linear {fm.r2_linear_holdout:.2f}) · made before the FM-vs-linear test: "
+                    "rerun `refusal-explorer analyze fm` for a verdict", style="dim")
+    if fm.verdict != "additive":
+        text.append("\n⟨vᵢ,vⱼ⟩: red raises, blue lowers the refusal score when both are ablated · enter opens the row's latent", style="dim")
+    return text
+
+
+def pairs_text(fm: FMResult) -> Text:
+    """The verified pairs, FM beside measured; or why none is shown."""
+    text = Text()
+    if fm.verdict == "additive":
+        text.append("Pairs: none shown: the FM does not explain the experiments better than additive effects.", style="bold")
+        return text
+    pairs = fm.verified_pairs()
+    if not fm.verdict:
+        text.append("Pairs: none verified (older run).", style="bold")
+        return text
+    if not pairs:
+        text.append("Pairs: none verified by intervention.", style="bold")
+        return text
+    text.append("Verified pairs (measured f(ij) − f(i) − f(j) + f(∅), sd over prompts):\n", style="bold")
+    for pair in pairs:
+        text.append(f"  {pair['i']}×{pair['j']}  FM {pair['fm']:+.3f}  measured {pair['measured']:+.3f} ± {pair['measured_sd']:.3f}")
+        if not pair["sign_agrees"]:
+            text.append("  ⚠ sign disagrees", style="bold red")
         text.append("\n")
     text.rstrip()
     return text

@@ -74,8 +74,9 @@ async def test_fm_view_colours_grid_and_opens_latent(study_path: Path) -> None:
         assert len(styled) == n * (n - 1)  # every off-diagonal pair coloured
         assert "⟨vᵢ,vⱼ⟩ =" in shown(app, "#fm-status")  # the cursor starts on a pair
         pairs = shown(app, "#fm-pairs")
-        top = fm.top_pairs(1, "positive")[0]
-        assert f"{top[0]}×{top[1]}" in pairs
+        top = fm.verified_pairs()[0]  # verified pairs, FM beside measured, and the verdict in the head
+        assert f"{top['i']}×{top['j']}" in pairs and "measured" in pairs and "sign disagrees" in pairs
+        assert "Interactions explain 23.0% more variance" in shown(app, "#fm-head")
         latent = int(str(grid.get_row_at(0)[1]))
         await pilot.press("enter")
         await settle(pilot, app)
@@ -94,7 +95,22 @@ async def test_dormant_view_lists_latents_and_opens_one(study_path: Path) -> Non
         first = int(np.argmin(dormant.refusal_effect))  # the strongest restorer is listed first
         assert str(table.get_row_at(0)[0]) == str(dormant.latent[first])
         assert "<|im_start|>" in str(table.get_row_at(0)[-1])
+        assert str(table.get_row_at(0)[8]) == "backup" and str(table.get_row_at(0)[3]) == "set 0"
+        assert shown(app, "#dormant-head").startswith("1 dormant backups, 0 redundant")
         await pilot.press("enter")
         await settle(pilot, app)
         assert isinstance(app.screen, FeatureDetailScreen) and app.screen.latent == dormant.latent[first]
         assert "Dormant:" in shown(app, "#detail-head")
+
+
+def test_fm_view_shows_no_pair_without_evidence(study_path: Path) -> None:
+    import dataclasses
+
+    from refusal_tui.screens.interactions import head_text, pairs_text
+
+    with Study(study_path) as study:
+        fm = FMResult.load(study, "default")
+    additive = dataclasses.replace(fm, verdict="additive", verdict_text="no evidence of interactions beyond additive effects on these experiments")
+    assert "none shown" in pairs_text(additive).plain and "×" not in pairs_text(additive).plain
+    assert head_text(additive).plain.startswith("No evidence of interactions")
+    assert "before the FM-vs-linear test" in head_text(dataclasses.replace(fm, verdict="")).plain

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -158,11 +160,17 @@ def test_minimal_sets_and_trajectory(ctx: WebContext) -> None:
 def test_fm_and_dormant_views(ctx: WebContext) -> None:
     text, figure, pairs, weights = analyses.fm_interactions(ctx)
     n = len(ctx.fm.latents)
-    assert "R² train 0.970" in text and np.array(figure.data[0].z).shape == (n, n)
-    assert abs(pairs["interaction"].iloc[0]) == pytest.approx(np.abs(ctx.fm.interaction()).max(), abs=1e-4)
+    assert "Interactions explain 23.0% more variance" in text and "fm 0.940 [0.920, 0.960]" in text
+    assert np.array(figure.data[0].z).shape == (n, n)
+    assert pairs.columns.tolist() == ["latent_i", "latent_j", "fm", "measured", "measured_sd", "sign"]
+    assert pairs["measured"].iloc[0] == pytest.approx(0.7333, abs=1e-3) and pairs["sign"].tolist() == ["agrees", "⚠ disagrees"]
     assert weights["in_minimal_set"].sum() == len(PLANTED)
+    additive = dataclasses.replace(ctx, fm=dataclasses.replace(ctx.fm, verdict="additive", verdict_text="no evidence of interactions"))
+    text, figure, _pairs, _weights = analyses.fm_interactions(additive)
+    assert figure is None and "No pair is shown" in text
     text, frame = analyses.dormant_latents(ctx)
-    assert frame["latent"].tolist() == list(DORMANT) and "1 of them restore refusal" in text
+    assert frame["latent"].tolist() == list(DORMANT) and "1 dormant backups, 0 redundant" in text
+    assert frame["verdict"].tolist() == ["dormant backup", "–"] and frame["context"].tolist() == ["set 0", "set 0 − 3"]
     assert frame["fires_at"].iloc[0] == "0:<|im_start|> -1:↵"
 
 
