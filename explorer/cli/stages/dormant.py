@@ -1,4 +1,4 @@
-"""`refusal-explorer analyze dormant STUDY.h5`: latents that wake when a minimal set is ablated (stage 3)."""
+"""`refusal-explorer analyze dormant STUDY.h5`: dormant backups and redundant latents, tested causally (stage 3)."""
 
 from __future__ import annotations
 
@@ -9,27 +9,25 @@ from explorer.cli.shell import Report, StageContext, stage
 from explorer.results import GreedyResult
 from store.errors import InputError
 
-OPTIONS = ConfigOptions("explorer.dormant:DormantConfig", flags={"include_joint": "--joint/--no-joint"})
+OPTIONS = ConfigOptions("explorer.dormant:DormantConfig", flags={
+    "include_joint": "--joint/--no-joint", "subsets": "--subsets/--no-subsets", "direction": "--direction/--no-direction"})
 
 
 def summary_text(f: dict[str, Any]) -> str:
-    lines = [f"dormant    minimal sets ablated at layer {f['source_layer']}; re-encoded at layers {f['layers']}"]
-    for info in f["prompts"]:
-        lines.append(
-            f"prompt {info['prompt']:<4} |S|={info['set_size']}: score {info['baseline']:+.2f} -> {info['ablated']:+.2f}; "
-            f"{info['woken']} woken, {info['restoring']} restore refusal"
-            + (f" (ablating those too: {info['all_restoring_ablated']:+.2f})" if info["restoring"] else "")
-        )
-    lines.append("by layer   " + ", ".join(f"{layer}: {n} woken / {r} restoring" for layer, (n, r) in f["by_layer"].items()))
-    if f["strongest"]:
-        lines.append("strongest  " + ", ".join(f"L{layer}#{latent} on {p} ({e:+.2f})" for p, layer, latent, e in f["strongest"]))
-        lines.append("fires on   " + ", ".join(f"{token!r} ×{n}" for token, n in f["tokens"]))
-    return "\n".join(lines)
+    from explorer.dormant import dormant_summary_lines
+
+    return "\n".join(dormant_summary_lines(f, f["source_layer"]))
 
 
 @stage("dormant", OPTIONS, demo=("--max-sets", "2", "--max-per-layer", "6"))
 def dormant(ctx: StageContext) -> Report:
-    """Latents silent at baseline that wake up when the minimal set is ablated, and which restore refusal."""
+    """Dormant backups and redundant latents, tested causally.
+
+    Contexts: every flipping greedy set (the joint one too), each set less one latent, and the
+    refusal direction ablated. A latent silent at baseline that wakes in a flipping context is a
+    dormant backup if suppressing it deepens the flip or clamping it to its woken value on the
+    untouched prompt raises refusal; one that wakes in a set that does not flip is redundant with
+    it if ablating both flips."""
     from explorer.dormant import run_dormant
 
     config = ctx.config()
@@ -42,6 +40,6 @@ def dormant(ctx: StageContext) -> Report:
     missing = [layer for layer in wanted if layer not in saes]
     if missing:
         raise InputError(f"layer {missing[0]} has no SAE in this study; run `refusal-explorer cache --sae {missing[0]}=…` first")
-    result, summary = run_dormant(ctx.study, ctx.live(sorted({source, *wanted})), greedy, config)
+    result, summary = run_dormant(ctx.study, ctx.live(sorted({source, *wanted})), greedy, config, run=ctx.run)
     facts = {**summary, "source_layer": int(result.source_layer)}
     return Report(result, config, facts, summary_text(facts))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import click
+
 from explorer.cli.options import ConfigOptions
 from explorer.cli.output import num
 from explorer.cli.shell import Report, StageContext, stage
@@ -20,6 +22,8 @@ def summary_text(f: dict[str, Any]) -> str:
         f"score      nothing ablated {num(f['all_off'])}, all {num(f['all_on'])}, minimal sets {num(f['minimal'])}; "
         f"mean {num(f['mean'])} ({f['below_threshold']:.0%} below {f['threshold']:+.2f}, "
         f"{f['mean_ablated']:.1f} latents ablated on average)",
+        f"sized      {f['n_rows']} subsets for a rank-{f['fm_rank']} FM with {f['fm_parameters']} parameters "
+        f"({f['n_rows'] / f['fm_parameters']:.1f} per parameter; analyze fm wants ≥ 10)",
         f"cost       {f['seconds']:.1f} s ({f['seconds_per_100']:.1f} s per 100 subsets), {f['forwards_from_layer']} batched forwards "
         f"from layer {f['layer']} ({f['rows']} rows)",
     ])
@@ -32,6 +36,7 @@ def experiments(ctx: StageContext) -> Report:
 
     config = ctx.config()
     greedy = ctx.require(GreedyResult, "greedy", "greedy result")
-    result, summary = run_experiments(ctx.study, ctx.live([int(greedy.layer)]), greedy, config)
+    estimate = lambda line: click.echo(line, err=True)  # noqa: E731 (beside the progress bar, never in --json)
+    result, summary = run_experiments(ctx.study, ctx.live([int(greedy.layer)]), greedy, config, estimate=estimate)
     facts = {**summary, "seconds_per_100": 100 * summary["seconds"] / max(1, summary["n_rows"])}
     return Report(result, config, facts, summary_text(facts))
