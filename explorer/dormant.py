@@ -66,7 +66,7 @@ class DormantConfig:
     prompts: tuple[int, ...] | None = None
     """Only the greedy sets of these prompts (None = every set that flips)."""
     max_sets: int = 8
-    """At most this many greedy sets (the first ones; the joint set counts as one)."""
+    """At most this many single-prompt greedy sets (the first ones); the joint set comes on top."""
     include_joint: bool = True
     """Also the joint greedy set (ablated on each of its prompts in turn)."""
     subsets: bool = True
@@ -288,7 +288,8 @@ def run_dormant(
     if config.prompts is not None:
         wanted = {int(p) for p in config.prompts}
         sets = [s for s in sets if wanted & set(s.prompts)]
-    sets = sets[: config.max_sets]
+    single = [s for s in sets if len(s.prompts) == 1 and _label(greedy, s) != "joint"]
+    sets = single[: config.max_sets] + [s for s in sets if s not in single]
     if not sets:
         raise InputError("no greedy set flips its prompt (or none of --prompts has one); run `refusal-explorer analyze greedy` first")
     layers = dormant_layers(study, live, source, config)

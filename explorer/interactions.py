@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -83,7 +83,7 @@ class FMStageConfig:
 
     def __post_init__(self) -> None:
         if self.rank is not None and self.rank < 1:
-            raise InputError(f"--rank must be ≥ 1, got {self.rank}")
+            raise InputError(f"--rank must be a positive integer, got {self.rank}")
         if self.max_rank < 1 or self.rows_per_parameter <= 0 or self.top_pairs < 0 or self.max_batch < 1:
             raise InputError("--max-rank and --max-batch must be ≥ 1, --rows-per-parameter > 0 and --top-pairs ≥ 0")
         try:
@@ -134,20 +134,24 @@ def run_fm(
     fit_config = config.fit_config(rank)
     try:
         comparison = compare_models(X, y, fit_config, config.compare_config())
-        fit = fit_fm(X, y, replace(fit_config, validation_fraction=0.1))
+        fit = fit_fm(X, y, fit_config)  # all rows (early stopping watches 10% of them)
     except ValueError as error:
         raise InputError(f"cannot fit the FM: {error}; rerun `refusal-explorer analyze experiments` with a larger --n-experiments") from None
     share = interaction_share(fit, X)
     latents = np.asarray(experiments.latents, np.int64)
     pairs: list[tuple[int, int, float]] = []
     measured, prompts = np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
-    verified = False
+    verified, unverified = False, ""
     if comparison.verdict == "interactions" and config.top_pairs:
         pairs = [(int(latents[i]), int(latents[j]), value) for i, j, value in top_pairs(fit.V, config.top_pairs, "abs")]
         if measure is not None and pairs:
-            values, prompt_ids = measure([(a, b) for a, b, _ in pairs])
-            measured, prompts = np.asarray(values, np.float32), np.asarray(prompt_ids, np.int64)
-            verified = True
+            try:
+                values, prompt_ids = measure([(a, b) for a, b, _ in pairs])
+            except InputError as error:  # e.g. a study that records no model: say why, name no pair
+                unverified = str(error)
+            else:
+                measured, prompts = np.asarray(values, np.float32), np.asarray(prompt_ids, np.int64)
+                verified = True
     if not verified:
         pairs = []
     result = FMResult(
@@ -172,18 +176,18 @@ def run_fm(
         "kernel_max_error": float(np.abs(predicted - fit.predict(X)).max()),
         "strongest_main": [(int(result.latents[i]), float(result.w[i])) for i in order[:5]],
         "pairs": result.verified_pairs(),
-        "pairs_note": _pairs_note(comparison, config, measure is not None),
+        "pairs_note": _pairs_note(comparison, config, measure is not None, unverified),
     }
     return result, summary
 
 
-def _pairs_note(comparison: ModelComparison, config: FMStageConfig, can_measure: bool) -> str:
+def _pairs_note(comparison: ModelComparison, config: FMStageConfig, can_measure: bool, unverified: str) -> str:
     if comparison.verdict != "interactions":
         return "none reported: the FM does not beat the additive model"
     if not config.top_pairs:
         return "none asked for (--top-pairs 0)"
-    if not can_measure:
-        return "not reported: they could not be verified by intervention (no model)"
+    if not can_measure or unverified:
+        return f"not reported: they could not be verified by intervention ({unverified or 'no model'})"
     return "verified by intervention: f(ij) − f(i) − f(j) + f(∅) on the experiments' prompts"
 
 

@@ -98,8 +98,8 @@ def test_stage_json_carries_the_facts_of_the_text(study: Path, tmp_path: Path) -
     assert result.exit_code == 0, result.output
     facts = json.loads(result.output)
     assert facts["stage"] == "fm" and facts["saved"] == f"{copy}:/analysis/default/fm" and facts["rank"] == 2
-    assert f"rank 2, {facts['n_experiments']} experiments ({facts['n_holdout']} held out)" in text.output
-    assert f"best epoch {facts['best_epoch']} of {facts['epochs']}" in text.output
+    assert f"rank 2 ({facts['fm_parameters']} parameters" in text.output and f"{facts['n_experiments']} experiments" in text.output
+    assert f"verdict    {facts['sentence']}" in text.output and facts["verdict"] in ("interactions", "additive")
     assert set(facts["mean_drive"]) == {"harmful", "harmless"} and len(facts["top_prompts"]) == 5
 
 

@@ -170,3 +170,12 @@ def test_scoring_rejects_an_fm_from_another_layer(study_path: Path) -> None:
         score_cached_codes(study, fm)
     with Study(study_path) as study, pytest.raises(InputError, match="prompt_tokens must be"):
         score_cached_codes(study, fm, prompt_tokens=0)
+
+
+def test_a_pair_check_that_cannot_run_names_no_pair_and_says_why() -> None:
+    def no_model(pairs):
+        raise InputError("this study records no model")
+
+    result, summary = run_fm(planted_experiments(), FMStageConfig(), measure=no_model)
+    assert result.verdict == "interactions" and summary["pairs"] == [] and len(result.pair_i) == 0
+    assert summary["pairs_note"] == "not reported: they could not be verified by intervention (this study records no model)"
