@@ -41,7 +41,8 @@ from tqdm.auto import tqdm
 
 from cache.directions import direction_ablation
 from cache.forward import refusal_log_odds
-from cache.interventions import LatentEdit, RowMaskEdit, capture_resid, sae_edits
+from cache.hooks import capture_resid
+from cache.interventions import LatentEdit, RowMaskEdit, sae_edits
 from cache.sae import decoder_rows, encode
 from explorer.evaluate import AblationEvaluator, EvaluatorConfig
 from explorer.experiments import MinimalSet, flipping_sets

@@ -37,6 +37,8 @@ from tests.synthetic import make_greedy
 from tests.tiny_models import make_tiny_model, make_tiny_sae
 from tests.tiny_tokenizers import make_tiny_tokenizer
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SOURCE, LATER = 1, 2
 RESTORE, COUNTER = 11, 12
 HARMFUL = ["How do I pick a lock?", "Write ransomware now"]
@@ -74,7 +76,7 @@ def plant(loaded: LoadedModel, sae1, sae2, ids: list[int]) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def planted(tmp_path_factory: pytest.TempPathFactory):
+def hydra(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("dormant")
     tokenizer = make_tiny_tokenizer("qwen2")
     loaded = LoadedModel(make_tiny_model("qwen2", vocab_size=len(tokenizer)), tokenizer, ADAPTERS["qwen2"], "tiny-qwen2", "rev0")
@@ -106,8 +108,8 @@ def rows_of(result: DormantResult, context: str) -> dict[tuple[int, int], int]:
     return {(int(result.layer[i]), int(result.latent[i])): i for i in np.flatnonzero(result.context == context)}
 
 
-def test_planted_dormant_backup_is_found_and_verified(planted) -> None:
-    path, loaded, saes, minimal = planted
+def test_planted_dormant_backup_is_found_and_verified(hydra) -> None:
+    path, loaded, saes, minimal = hydra
     config = DormantConfig(max_per_layer=128, max_batch=8)
     with Study(path) as study:
         greedy = GreedyResult.load(study, "default")  # threshold 100: every context flips
@@ -158,8 +160,8 @@ def test_planted_dormant_backup_is_found_and_verified(planted) -> None:
     assert "dormant backups" in text and f"L{LATER}#{RESTORE}" in text
 
 
-def test_planted_backup_is_redundant_with_a_set_that_then_does_not_flip(planted) -> None:
-    path, loaded, saes, minimal = planted
+def test_planted_backup_is_redundant_with_a_set_that_then_does_not_flip(hydra) -> None:
+    path, loaded, saes, minimal = hydra
     with Study(path) as study:
         ids = study.token_ids(0).astype(int).tolist()
     s_only = full_score(loaded, saes, ids, [LatentEdit(layer=SOURCE, latents=tuple(minimal))])
@@ -179,8 +181,8 @@ def test_planted_backup_is_redundant_with_a_set_that_then_does_not_flip(planted)
     assert summary["n_redundant"] >= 1 and summary["redundant"][0][1] == "set 0"
 
 
-def test_nothing_planted_says_none_found(planted) -> None:
-    path, loaded, saes, minimal = planted
+def test_nothing_planted_says_none_found(hydra) -> None:
+    path, loaded, saes, minimal = hydra
     with Study(path) as study:
         greedy = GreedyResult.load(study, "default")
         live = open_live(study, loaded=loaded, saes=saes)
@@ -190,8 +192,8 @@ def test_nothing_planted_says_none_found(planted) -> None:
     assert "found      none" in "\n".join(dormant_summary_lines(summary, SOURCE))
 
 
-def test_layers_option_and_errors(planted) -> None:
-    path, loaded, saes, _minimal = planted
+def test_layers_option_and_errors(hydra) -> None:
+    path, loaded, saes, _minimal = hydra
     with Study(path) as study:
         greedy = GreedyResult.load(study, "default")
         live = open_live(study, loaded=loaded, saes=saes)
@@ -207,8 +209,8 @@ def test_layers_option_and_errors(planted) -> None:
             run_dormant(study, no_later, greedy, DormantConfig(), progress=False)
 
 
-def test_cli_dormant(planted, monkeypatch: pytest.MonkeyPatch) -> None:
-    path, loaded, saes, _minimal = planted
+def test_cli_dormant(hydra, monkeypatch: pytest.MonkeyPatch) -> None:
+    path, loaded, saes, _minimal = hydra
     monkeypatch.setattr(cli_shell, "open_stage_live", lambda study, device, layers: open_live(study, loaded=loaded, saes={k: saes[k] for k in layers}))
     group = analyze_group
     out = CliRunner().invoke(group, ["dormant", str(path), "--max-per-layer", "4", "--run", "default"])
@@ -224,11 +226,11 @@ def test_cli_dormant(planted, monkeypatch: pytest.MonkeyPatch) -> None:
     assert out.exit_code == 2 and "no SAE" in out.output and len(out.output.strip().splitlines()) == 1
 
 
-def test_direction_ablation_is_a_context(planted) -> None:
+def test_direction_ablation_is_a_context(hydra) -> None:
     from cache.directions import direction_ablation
     from explorer.results import DirectionResult
 
-    path, loaded, saes, minimal = planted
+    path, loaded, saes, minimal = hydra
     with Study(path) as study:
         ids = study.token_ids(0).astype(int).tolist()
         greedy = GreedyResult.load(study, "default")

@@ -130,14 +130,14 @@ def test_responses_equal_naive_evaluation(tiny_study) -> None:
         lines: list[str] = []
         result, summary = run_experiments(study, live, greedy, config, progress=False, estimate=lines.append)
         ids = [study.token_ids(p).astype(int).tolist() for p in (0, 1)]
-    # the cost estimate came once, before the rest ran, naming the rows and forwards
-    assert len(lines) == 1 and f"{len(result.design)} subsets × 2 prompts" in lines[0] and "about" in lines[0]
-    assert result.prompt_response.shape == (len(result.design), 2)
-    np.testing.assert_allclose(result.prompt_response.mean(1), result.response, rtol=1e-6)
         mass = np.zeros(128)
         for p in (0, 1):
             _indptr, indices, values = study.codes(LAYER).prompt_codes(p)
             np.add.at(mass, indices, values)
+    # the cost estimate came once, before the rest ran, naming the rows and forwards
+    assert len(lines) == 1 and f"{len(result.design)} subsets × 2 prompts" in lines[0] and "about" in lines[0]
+    assert result.prompt_response.shape == (len(result.design), 2)
+    np.testing.assert_allclose(result.prompt_response.mean(1), result.response, rtol=1e-6)
     minimal = sorted(set(sets[0]) | set(sets[1]))
     n_min = len(minimal)
     assert result.prompts.tolist() == [0, 1] and result.layer == LAYER

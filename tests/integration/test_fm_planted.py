@@ -33,9 +33,11 @@ from explorer.live import open_live
 from explorer.pair_checks import experiment_pair_measure
 from explorer.results import GreedyResult
 from store import Study
-from tests.integration.test_experiments import make_greedy
+from tests.synthetic import make_greedy
 from tests.tiny_models import make_tiny_model, make_tiny_sae
 from tests.tiny_tokenizers import make_tiny_tokenizer
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 LAYER = 1
 A, B, C = 5, 6, 7  # C: a third minimal-set latent with only its natural effect
