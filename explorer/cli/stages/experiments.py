@@ -29,7 +29,7 @@ def summary_text(f: dict[str, Any]) -> str:
     ])
 
 
-@stage("experiments", OPTIONS, demo=("--n-experiments", "48", "--max-other", "12", "--max-prompts", "2"))
+@stage("experiments", OPTIONS, demo=("--max-other", "6", "--max-prompts", "2", "--pair-backgrounds", "1"))
 def experiments(ctx: StageContext) -> Report:
     """Random ablation subsets over the minimal-set and other active latents, scored in batches."""
     from explorer.experiments import run_experiments
