@@ -31,7 +31,8 @@ LOGIT_LENS_TOKENS = 8
 @dataclass(frozen=True, kw_only=True)
 class CacheConfig:
     model: str = "default"
-    """'default' (the embedded model), a local directory, or a Hugging Face id in the local cache."""
+    """'default' (the embedded model; a preset: without --layers the demo's layers 12,14,16,18 and
+    the packaged SAEs at 14 and 18), a local directory, or a Hugging Face id in the local cache."""
     harmful: Path | None = None
     """Harmful prompt file (JSON, JSONL, CSV, TXT); None = the built-in demo set."""
     harmless: Path | None = None
@@ -51,7 +52,8 @@ class CacheConfig:
     generate: int = 0
     """Greedy-generate this many tokens per prompt and run the refusal detector (0 = no)."""
     saes: tuple[str, ...] = ()
-    """SAE specs ``[LAYER=]RELEASE:SAE_ID`` or ``[LAYER=]DIR``; their codes are cached at every token."""
+    """SAE specs ``[LAYER=]RELEASE:SAE_ID``, ``[LAYER=]DIR`` or ``LAYER=default`` (the packaged SAE
+    of the embedded model); their codes are cached at every token."""
     refusal_tokens: tuple[str, ...] | None = None
     """First response tokens counted as refusal by the fast score (None = the family's, e.g. "I")."""
     refusal_threshold: float = -1.0

@@ -24,6 +24,8 @@ from typing import Any
 from store.errors import InputError
 
 GIB = 1 << 30
+#: ``--model default`` / ``--sae L=default``: the embedded model and its packaged SAEs.
+PACKAGED = "default"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -31,12 +33,14 @@ class SAEChoice:
     """One SAE family of a preset, e.g. Gemma Scope 16k canonical."""
 
     release: str
-    """sae-lens registry release."""
-    id_template: str
-    """The SAE id of layer L: ``id_template.format(layer=L)``."""
+    """sae-lens registry release, or ``default`` for the SAEs packaged with the project."""
+    id_template: str = ""
+    """The SAE id of layer L: ``id_template.format(layer=L)`` (unused for ``default``)."""
 
     def spec(self, layer: int) -> str:
-        """The ``LAYER=RELEASE:SAE_ID`` spec of this SAE at ``layer``."""
+        """The ``--sae`` spec of this SAE at ``layer``: ``LAYER=RELEASE:SAE_ID`` or ``LAYER=default``."""
+        if self.release == PACKAGED:
+            return f"{layer}={PACKAGED}"
         return f"{layer}={self.release}:{self.id_template.format(layer=layer)}"
 
 
@@ -70,6 +74,8 @@ class Preset:
     """(minimum total GPU memory in GiB, batch size), ascending; the largest tier that fits wins."""
     cpu_batch_size: int = 4
     """Batch size without a GPU."""
+    sae_layers_available: tuple[int, ...] | None = None
+    """Layers that have an SAE of this preset; None = every layer (Gemma Scope, Llama Scope)."""
 
     def __post_init__(self) -> None:
         if self.default_width not in self.sae_widths:
@@ -105,6 +111,15 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     preset.name: preset
     for preset in (
+        Preset(
+            # The embedded Qwen2.5-Coder-0.5B-Instruct (cache.default_model) with the project's own
+            # SAEs at layers 14 and 18 (cache/data/saes); the sweep is the demo's.
+            name=PACKAGED, model_id=PACKAGED, family="qwen2", n_layers=24, gated=False,
+            refusal_tokens=("I",), key_layers=(14, 18), sweep_layers=(12, 16),
+            sae_widths={"2k": SAEChoice(release=PACKAGED)}, default_width="2k",
+            sae_layers_available=(14, 18), gpu_dtype="float32",
+            batch_sizes=((0, 8), (24, 32)), cpu_batch_size=8,
+        ),
         Preset(
             name="gemma-2-2b-it", model_id="google/gemma-2-2b-it", family="gemma2", n_layers=26, gated=True,
             refusal_tokens=("I",), key_layers=(16,), sweep_layers=tuple(range(2, 21, 2)),
@@ -168,12 +183,17 @@ def apply_preset(
 ) -> dict[str, Any]:
     """``options`` (CacheConfig keyword arguments) with the preset's values filled in.
 
+    ``--model default`` without ``--preset`` is the ``default`` preset: the embedded model, the
+    demo's layers and the packaged SAEs (``--sae-layers none`` turns those off).
+
     ``explicit`` names the options the user gave; those win over the preset. SAEs: ``--sae``
     replaces the preset's; otherwise ``sae_layers`` (default: the key layers among the layers
     in use, or every layer in use when the user picked layers without a key layer) get the
     preset's SAE of ``sae_width``. Only those SAEs are loaded. ``gpu_total_bytes`` (None = no
     GPU) picks the dtype and the batch size tier.
     """
+    if name is None and options.get("model") == PACKAGED:
+        name = PACKAGED
     if name is None:
         if sae_layers is not None or sae_width is not None:
             raise InputError("--sae-layers and --sae-width pick a preset's SAEs; add --preset, or give --sae LAYER=RELEASE:SAE_ID")
@@ -187,12 +207,19 @@ def apply_preset(
         saes = tuple(given["saes"])
     else:
         if sae_layers is None:
-            chosen = tuple(layer for layer in preset.key_layers if layer in layers) or layers
+            everywhere = layers if preset.sae_layers_available is None else ()
+            chosen = tuple(layer for layer in preset.key_layers if layer in layers) or everywhere
         else:
             chosen = sae_layers
             outside = [layer for layer in chosen if layer not in layers]
             if outside:
                 raise InputError(f"--sae-layers {outside[0]} is not among the cached layers {list(layers)}; add it to --layers")
+            available = preset.sae_layers_available
+            missing = [layer for layer in chosen if available is not None and layer not in available]
+            if missing:
+                raise InputError(
+                    f"--sae-layers {missing[0]}: preset {preset.name} has SAEs at layers {', '.join(map(str, available))} only"
+                )
         saes = preset.sae_specs(chosen, sae_width)
     filled = {
         "model": preset.model_id, "layers": layers, "saes": saes, "refusal_tokens": preset.refusal_tokens,
@@ -204,4 +231,4 @@ def apply_preset(
 
 def describe_presets() -> str:
     """One line per preset, for --help and the runbook."""
-    return "; ".join(f"{p.name} ({p.model_id}, layers {p.key_layers[0]} + sweep)" for p in PRESETS.values())
+    return "; ".join(f"{p.name} ({p.model_id}, layers {p.key_layers[0]} + sweep)" for p in PRESETS.values() if p.name != PACKAGED)

@@ -109,7 +109,8 @@ class SAESpec:
 
     @classmethod
     def parse(cls, text: str) -> SAESpec:
-        """Parse a CLI spec: ``[LAYER=]RELEASE:SAE_ID`` or ``[LAYER=]DIRECTORY``.
+        """Parse a CLI spec: ``[LAYER=]RELEASE:SAE_ID``, ``[LAYER=]DIRECTORY`` or ``LAYER=default``
+        (the SAE packaged with the project for the embedded model at that layer).
 
         An existing directory always wins; otherwise a string with ``:`` is ``RELEASE:SAE_ID``
         (split at the first ``:``), and anything else is taken as a (missing) directory.
@@ -124,6 +125,8 @@ class SAESpec:
             raw = match.group(2).strip()
             if not raw:
                 raise InputError(f"SAE spec {text!r}: nothing after '{layer}='")
+        if raw == "default":
+            return cls(path=str(packaged_sae_dir(layer)), layer=layer)
         looks_like_path = raw.startswith(("/", "./", "../", "~")) or Path(raw).expanduser().is_dir()
         if looks_like_path or ":" not in raw:
             return cls(path=str(Path(raw).expanduser()), layer=layer)
@@ -134,6 +137,19 @@ class SAESpec:
                 f"SAE spec {text!r}: expected RELEASE:SAE_ID with both parts non-empty"
             )
         return cls(release=release, sae_id=sae_id, layer=layer)
+
+
+def packaged_sae_dir(layer: int | None) -> Path:
+    """The directory of the packaged SAE at ``layer`` (``--sae LAYER=default``)."""
+    from cache.default_saes import default_sae_dirs
+
+    packaged = default_sae_dirs()
+    where = ", ".join(map(str, packaged)) or "none installed"
+    if layer is None:
+        raise InputError(f"--sae default needs a layer, e.g. --sae 14=default (packaged SAEs: layers {where})")
+    if layer not in packaged:
+        raise InputError(f"--sae {layer}=default: there is no packaged SAE at layer {layer} (packaged: layers {where})")
+    return packaged[layer]
 
 
 def parse_sae_specs(texts: Iterable[str]) -> list[SAESpec]:
@@ -463,7 +479,54 @@ def describe_sae(sae: SAE, spec: SAESpec) -> dict[str, Any]:
         "model_name": meta.model_name if meta is not None else None,
         "neuronpedia_id": meta.neuronpedia_id if meta is not None else None,
         "sae_lens_version": meta.sae_lens_version if meta is not None else None,
+        **_provenance(spec),
     }
+
+
+def sae_source_text(info: Mapping[str, Any]) -> str:
+    """One line on where a study's SAE came from, from its stored description (``describe_sae``):
+    ``packaged: …/layer_14 · topk, 2048 latents, k=32, trained on 100,053 tokens``."""
+    source = info.get("source") or ("registry" if info.get("release") else "local")
+    where = f"{info.get('release')}:{info.get('sae_id')}" if source == "registry" else info.get("path") or info.get("spec")
+    details = [f"{info.get('architecture', '?')}, {info.get('d_sae', '?')} latents"]
+    if info.get("k") is not None:
+        details.append(f"k={info['k']}")
+    if info.get("train_tokens") is not None:
+        details.append(f"trained on {int(info['train_tokens']):,} tokens")
+    if info.get("explained_variance") is not None:
+        details.append(f"held-out explained variance {float(info['explained_variance']):.2f}")
+    return f"{source}: {where} · {', '.join(details)}"
+
+
+def _provenance(spec: SAESpec) -> dict[str, Any]:
+    """Where a study's SAE came from, for ``info`` and the viewers: ``source`` (packaged, local
+    or registry) and, for a directory made by ``train-sae``, its training record's width, k,
+    token count and held-out metrics (read from ``training.json`` / ``metrics.json`` beside it)."""
+    from cache.default_saes import default_sae_dirs
+
+    if spec.path is None:
+        return {"source": "registry"}
+    path = Path(spec.path).expanduser().resolve()
+    packaged = {directory.resolve() for directory in default_sae_dirs().values()}
+    facts: dict[str, Any] = {"source": "packaged" if path in packaged else "local"}
+    for name in ("training.json", "metrics.json"):
+        try:
+            record = json.loads((path / name).read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(record, dict):
+            continue
+        config = record.get("config") if isinstance(record.get("config"), dict) else {}
+        corpus = record.get("corpus") if isinstance(record.get("corpus"), dict) else {}
+        for key, value in (
+            ("k", config.get("k", record.get("k"))),
+            ("train_tokens", corpus.get("train_tokens")),
+            ("explained_variance", record.get("explained_variance")),
+            ("dead_fraction", record.get("dead_fraction")),
+        ):
+            if value is not None and key not in facts:
+                facts[key] = value
+    return facts
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import click
 
 from cache.presets import PRESETS
 from explorer.cli.options import ConfigOptions, int_list
+from cache.sae import sae_source_text
 from explorer.cli.output import emit, progress_echo
 from explorer.cli.shell import command
 from store.errors import InputError
@@ -22,7 +23,7 @@ CACHE_OPTIONS = ConfigOptions(
     "cache.pipeline:CacheConfig",
     flags={"saes": "--sae"},
     extra={
-        "layers": {"required": False, "help": "Comma-separated layers to cache, e.g. 6,12 (layer L = output of block L); required without --preset."},
+        "layers": {"required": False, "help": "Comma-separated layers to cache, e.g. 6,12 (layer L = output of block L); required unless --preset or --model default gives them."},
         "positions": {"type": click.Choice(["post-instruction", "all"])},
         "saes": {"multiple": True, "metavar": "LAYER=SPEC"},
     },
@@ -53,7 +54,7 @@ def study_summary(path: Path) -> tuple[dict[str, Any], str]:
     if generated:
         lines.append(f"generated  refused by phrase: {generated}")
     for layer, sae in summary["saes"].items():
-        lines.append(f"sae        layer {layer}: {sae.get('spec') or sae.get('release')}  ({sae.get('architecture')}, {sae.get('d_sae')} latents)")
+        lines.append(f"sae        layer {layer}: {sae_source_text(sae)}")
     lines.append(f"analyses   {', '.join(summary['analysis_runs']) or 'none yet'}")
     return summary, "\n".join(lines)
 
@@ -65,7 +66,7 @@ def print_study(path: Path, *, as_json: bool, **extra: Any) -> None:
 
 @command("cache", interrupted="committed work is kept (continue with --resume)", options=CACHE_OPTIONS, options_at=1)
 @click.option("--preset", type=click.Choice(list(PRESETS)), help="A paper setup: model id, refusal token, layers (key layer + sweep), SAEs, bf16 and a batch size for the GPU. Explicit options override it.")
-@click.option("--sae-layers", help="With --preset: layers that get the preset's SAE, e.g. 12,16, or 'none' (default: its key layer).")
+@click.option("--sae-layers", help="With --preset or --model default: layers that get the preset's SAE, e.g. 12,16, or 'none' (default: its key layers).")
 @click.option("--sae-width", help="With --preset: SAE width, 16k or 65k (Gemma Scope), 32k or 128k (Llama Scope).")
 @click.option("--preflight-only", is_flag=True, help="Only check that model, SAEs, GPU memory and disk suffice, and print the estimates.")
 @click.option("--no-preflight", is_flag=True, help="Skip the pre-flight check (its estimates are rough upper bounds).")

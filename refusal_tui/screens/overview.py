@@ -12,6 +12,7 @@ from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
+from cache.sae import sae_source_text
 from explorer.results import CandidateResult, DirectionResult, DormantResult, FMResult, GreedyResult
 from refusal_tui.render import bar
 from refusal_tui.screens.base import StudyScreen
@@ -79,8 +80,7 @@ def study_text(result: Overview) -> Table:
            f" · {summary['n_positions']} post-instruction positions (residuals: {summary['positions']})")
     for layer, info in sorted(summary["saes"].items(), key=lambda item: int(item[0])):
         codes = "codes" if int(layer) in result.layers_with_codes else "no codes"
-        text.add(f"SAE L{layer}", f"{info.get('release', '?')} / {info.get('sae_id', '?')} · "
-                                      f"{info.get('architecture', '?')} · {info.get('d_sae', '?')} latents · {codes}")
+        text.add(f"SAE L{layer}", f"{sae_source_text(info)} · {codes}")
     if not summary["saes"]:
         text.add("SAEs", "none: cache SAE codes with `refusal-explorer cache --sae LAYER=…`")
     text.add("Tokens", f"{summary['tokens']:,} · features shown for layer {result.layer}")

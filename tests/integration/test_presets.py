@@ -85,8 +85,8 @@ def test_explicit_options_override_the_preset() -> None:
     ]:
         with pytest.raises(InputError, match=message):
             apply_preset("llama-3.1-8b-it", base, set(), **kwargs)
-    with pytest.raises(InputError, match="add --preset"):
-        apply_preset(None, base, set(), sae_layers=(1,))
+    with pytest.raises(InputError, match="add --preset"):  # --model default is itself a preset
+        apply_preset(None, base | {"model": "/models/gemma"}, {"model"}, sae_layers=(1,))
 
 
 @pytest.mark.parametrize(
