@@ -11,8 +11,8 @@ from typing import Any
 import click
 
 from cache.presets import PRESETS
-from explorer.cli.options import ConfigOptions, int_list
 from cache.sae import sae_source_text
+from explorer.cli.options import ConfigOptions, int_list
 from explorer.cli.output import emit, progress_echo
 from explorer.cli.shell import command
 from store.errors import InputError
