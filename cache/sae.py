@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from cache.sae_info import sae_provenance
 from store.errors import InputError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -479,54 +480,8 @@ def describe_sae(sae: SAE, spec: SAESpec) -> dict[str, Any]:
         "model_name": meta.model_name if meta is not None else None,
         "neuronpedia_id": meta.neuronpedia_id if meta is not None else None,
         "sae_lens_version": meta.sae_lens_version if meta is not None else None,
-        **_provenance(spec),
+        **sae_provenance(spec),
     }
-
-
-def sae_source_text(info: Mapping[str, Any]) -> str:
-    """One line on where a study's SAE came from, from its stored description (``describe_sae``):
-    ``packaged: …/layer_14 · topk, 2048 latents, k=32, trained on 100,053 tokens``."""
-    source = info.get("source") or ("registry" if info.get("release") else "local")
-    where = f"{info.get('release')}:{info.get('sae_id')}" if source == "registry" else info.get("path") or info.get("spec")
-    details = [f"{info.get('architecture', '?')}, {info.get('d_sae', '?')} latents"]
-    if info.get("k") is not None:
-        details.append(f"k={info['k']}")
-    if info.get("train_tokens") is not None:
-        details.append(f"trained on {int(info['train_tokens']):,} tokens")
-    if info.get("explained_variance") is not None:
-        details.append(f"held-out explained variance {float(info['explained_variance']):.2f}")
-    return f"{source}: {where} · {', '.join(details)}"
-
-
-def _provenance(spec: SAESpec) -> dict[str, Any]:
-    """Where a study's SAE came from, for ``info`` and the viewers: ``source`` (packaged, local
-    or registry) and, for a directory made by ``train-sae``, its training record's width, k,
-    token count and held-out metrics (read from ``training.json`` / ``metrics.json`` beside it)."""
-    from cache.default_saes import default_sae_dirs
-
-    if spec.path is None:
-        return {"source": "registry"}
-    path = Path(spec.path).expanduser().resolve()
-    packaged = {directory.resolve() for directory in default_sae_dirs().values()}
-    facts: dict[str, Any] = {"source": "packaged" if path in packaged else "local"}
-    for name in ("training.json", "metrics.json"):
-        try:
-            record = json.loads((path / name).read_text())
-        except (OSError, ValueError):
-            continue
-        if not isinstance(record, dict):
-            continue
-        config = record.get("config") if isinstance(record.get("config"), dict) else {}
-        corpus = record.get("corpus") if isinstance(record.get("corpus"), dict) else {}
-        for key, value in (
-            ("k", config.get("k", record.get("k"))),
-            ("train_tokens", corpus.get("train_tokens")),
-            ("explained_variance", record.get("explained_variance")),
-            ("dead_fraction", record.get("dead_fraction")),
-        ):
-            if value is not None and key not in facts:
-                facts[key] = value
-    return facts
 
 
 # --------------------------------------------------------------------------------------------

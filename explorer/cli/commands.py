@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from cache.presets import PRESETS
-from cache.sae import sae_source_text
+from cache.sae_info import sae_source_text
 from explorer.cli.options import ConfigOptions, int_list
 from explorer.cli.output import emit, progress_echo
 from explorer.cli.shell import command

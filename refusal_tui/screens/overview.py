@@ -12,7 +12,7 @@ from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
-from cache.sae import sae_source_text
+from cache.sae_info import sae_source_text
 from explorer.results import CandidateResult, DirectionResult, DormantResult, FMResult, GreedyResult
 from refusal_tui.render import bar
 from refusal_tui.screens.base import StudyScreen

@@ -6,7 +6,8 @@ import pytest
 
 from cache.default_saes import default_sae_dirs
 from cache.presets import PRESETS, apply_preset
-from cache.sae import SAESpec, _provenance, sae_source_text
+from cache.sae import SAESpec
+from cache.sae_info import sae_provenance, sae_source_text
 from store.errors import InputError
 
 PACKAGED_LAYERS = tuple(default_sae_dirs())
@@ -63,7 +64,7 @@ def test_the_default_preset_is_listed_but_not_among_the_papers() -> None:
 
 
 def test_provenance_of_a_packaged_sae_names_its_training_record() -> None:
-    facts = _provenance(SAESpec.parse("14=default"))
+    facts = sae_provenance(SAESpec.parse("14=default"))
     assert facts["source"] == "packaged" and facts["k"] == 32 and facts["train_tokens"] > 0
     info = {"path": str(default_sae_dirs()[14]), "architecture": "topk", "d_sae": 2048, **facts}
     text = sae_source_text(info)

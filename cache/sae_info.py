@@ -1,0 +1,58 @@
+"""Where a study's SAE came from, as stored in its description and printed by ``info`` and the
+viewers. Light on purpose (no torch, no sae-lens): ``info`` and the TUI import it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from cache.sae import SAESpec
+
+
+def sae_source_text(info: Mapping[str, Any]) -> str:
+    """One line on where a study's SAE came from, from its stored description (``describe_sae``):
+    ``packaged: …/layer_14 · topk, 2048 latents, k=32, trained on 100,053 tokens``."""
+    source = info.get("source") or ("registry" if info.get("release") else "local")
+    where = f"{info.get('release')}:{info.get('sae_id')}" if source == "registry" else info.get("path") or info.get("spec")
+    details = [f"{info.get('architecture', '?')}, {info.get('d_sae', '?')} latents"]
+    if info.get("k") is not None:
+        details.append(f"k={info['k']}")
+    if info.get("train_tokens") is not None:
+        details.append(f"trained on {int(info['train_tokens']):,} tokens")
+    if info.get("explained_variance") is not None:
+        details.append(f"held-out explained variance {float(info['explained_variance']):.2f}")
+    return f"{source}: {where} · {', '.join(details)}"
+
+
+def sae_provenance(spec: SAESpec) -> dict[str, Any]:
+    """Where a study's SAE came from, for ``info`` and the viewers: ``source`` (packaged, local
+    or registry) and, for a directory made by ``train-sae``, its training record's width, k,
+    token count and held-out metrics (read from ``training.json`` / ``metrics.json`` beside it)."""
+    from cache.default_saes import default_sae_dirs
+
+    if spec.path is None:
+        return {"source": "registry"}
+    path = Path(spec.path).expanduser().resolve()
+    packaged = {directory.resolve() for directory in default_sae_dirs().values()}
+    facts: dict[str, Any] = {"source": "packaged" if path in packaged else "local"}
+    for name in ("training.json", "metrics.json"):
+        try:
+            record = json.loads((path / name).read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(record, dict):
+            continue
+        config = record.get("config") if isinstance(record.get("config"), dict) else {}
+        corpus = record.get("corpus") if isinstance(record.get("corpus"), dict) else {}
+        for key, value in (
+            ("k", config.get("k", record.get("k"))),
+            ("train_tokens", corpus.get("train_tokens")),
+            ("explained_variance", record.get("explained_variance")),
+            ("dead_fraction", record.get("dead_fraction")),
+        ):
+            if value is not None and key not in facts:
+                facts[key] = value
+    return facts
