@@ -480,7 +480,7 @@ def describe_sae(sae: SAE, spec: SAESpec) -> dict[str, Any]:
         "model_name": meta.model_name if meta is not None else None,
         "neuronpedia_id": meta.neuronpedia_id if meta is not None else None,
         "sae_lens_version": meta.sae_lens_version if meta is not None else None,
-        **sae_provenance(spec),
+        **sae_provenance(spec.path),
     }
 
 

@@ -6,10 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:  # pragma: no cover
-    from cache.sae import SAESpec
+from typing import Any
 
 
 def sae_source_text(info: Mapping[str, Any]) -> str:
@@ -27,20 +24,20 @@ def sae_source_text(info: Mapping[str, Any]) -> str:
     return f"{source}: {where} · {', '.join(details)}"
 
 
-def sae_provenance(spec: SAESpec) -> dict[str, Any]:
-    """Where a study's SAE came from, for ``info`` and the viewers: ``source`` (packaged, local
-    or registry) and, for a directory made by ``train-sae``, its training record's width, k,
+def sae_provenance(path: str | None) -> dict[str, Any]:
+    """Where the SAE of a spec came from (``path`` = the spec's directory, None for a registry
+    SAE), for ``info`` and the viewers: ``source`` (packaged, local or registry) and, for a directory made by ``train-sae``, its training record's width, k,
     token count and held-out metrics (read from ``training.json`` / ``metrics.json`` beside it)."""
     from cache.default_saes import default_sae_dirs
 
-    if spec.path is None:
+    if path is None:
         return {"source": "registry"}
-    path = Path(spec.path).expanduser().resolve()
-    packaged = {directory.resolve() for directory in default_sae_dirs().values()}
-    facts: dict[str, Any] = {"source": "packaged" if path in packaged else "local"}
+    directory = Path(path).expanduser().resolve()
+    packaged = {packaged_dir.resolve() for packaged_dir in default_sae_dirs().values()}
+    facts: dict[str, Any] = {"source": "packaged" if directory in packaged else "local"}
     for name in ("training.json", "metrics.json"):
         try:
-            record = json.loads((path / name).read_text())
+            record = json.loads((directory / name).read_text())
         except (OSError, ValueError):
             continue
         if not isinstance(record, dict):

@@ -64,7 +64,7 @@ def test_the_default_preset_is_listed_but_not_among_the_papers() -> None:
 
 
 def test_provenance_of_a_packaged_sae_names_its_training_record() -> None:
-    facts = sae_provenance(SAESpec.parse("14=default"))
+    facts = sae_provenance(SAESpec.parse("14=default").path)
     assert facts["source"] == "packaged" and facts["k"] == 32 and facts["train_tokens"] > 0
     info = {"path": str(default_sae_dirs()[14]), "architecture": "topk", "d_sae": 2048, **facts}
     text = sae_source_text(info)
