@@ -279,6 +279,7 @@ def _sae_files(release: str, sae_id: str) -> tuple[str, str, tuple[str, ...] | N
 def check_saes(specs: Sequence[str], model: ModelFacts, layers: Sequence[int], problems: list[str]) -> tuple[SAEFacts, ...]:
     """Resolve each SAE spec without reading weights; problems are appended to ``problems``."""
     from cache import sae as sae_lib
+    from cache.sae_info import sae_provenance
 
     try:
         parsed = sae_lib.parse_sae_specs(specs)
@@ -288,7 +289,7 @@ def check_saes(specs: Sequence[str], model: ModelFacts, layers: Sequence[int], p
     d_model, depth = model.get("hidden_size"), model.get("num_hidden_layers")
     facts = []
     for spec in parsed:
-        where, l0 = "local directory", DEFAULT_L0
+        where, l0 = ("packaged" if sae_provenance(spec.path).get("source") == "packaged" else "local directory"), DEFAULT_L0
         try:
             if not spec.is_local:
                 sae_lib.check_registry_spec(spec)
