@@ -14,7 +14,7 @@ much the gain depends on which experiments happened to be run. The verdict is
 ``"interactions"`` only when the interval's lower end exceeds ``min_gain``; otherwise
 ``"additive"`` and no pair is reported (see :func:`ModelComparison.sentence`).
 
-The bootstrap is vectorised (per-row resample counts × error vectors, in chunks); the folds'
+The bootstrap sums run in a numba kernel (``explorer.kernels.bootstrap_sums``); the folds'
 FM fits dominate the cost (``bench/bench_fm_compare.py``).
 """
 
@@ -160,10 +160,12 @@ def bootstrap_r2(
     bootstrap resamples of the m rows, float64 [n_resamples, models] (nan where a resample's
     scores do not vary).
 
-    A resample draws m row indices with replacement; its per-row counts ``c`` (one bincount
-    for the whole chunk) make SSE and SST weighted sums over the same rows for every model:
-    ``SSE = c · e²`` and ``SST = c · y² − (c · y)² / m``.
+    A resample draws m row indices with replacement; the numba kernel
+    :func:`explorer.kernels.bootstrap_sums` sums ``y``, ``y²`` and every model's squared
+    error over them, so ``SST = Σy² − (Σy)²/m`` and ``SSE`` need no resampled copies.
     """
+    from explorer.kernels import bootstrap_sums
+
     y = np.asarray(y, np.float64)
     predictions = np.atleast_2d(np.asarray(predictions, np.float64))
     m = y.size
@@ -173,10 +175,8 @@ def bootstrap_r2(
     scale = 1e-12 * max(1.0, float(np.abs(y).max()) ** 2 * m)
     for start in range(0, n_resamples, chunk):
         b = min(chunk, n_resamples - start)
-        idx = rng.integers(0, m, (b, m)) + (np.arange(b) * m)[:, None]
-        counts = np.bincount(idx.ravel(), minlength=b * m).reshape(b, m).astype(np.float64)  # [b, m]
-        sst = counts @ (y * y) - (counts @ y) ** 2 / m
-        sse = counts @ sq_err.T  # [b, models]
+        sy, syy, sse = bootstrap_sums(rng.integers(0, m, (b, m)), y, sq_err)
+        sst = syy - sy * sy / m
         with np.errstate(invalid="ignore", divide="ignore"):
             r2 = 1.0 - sse / sst[:, None]
         r2[sst <= scale] = np.nan

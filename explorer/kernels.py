@@ -6,6 +6,13 @@ that validates and normalises its inputs, then calls a private ``_..._kernel``; 
 ``*_reference`` function beside it computes the same result with vectorised NumPy and is what
 the tests compare against.
 
+Paired bootstrap sums (``bootstrap_sums``)
+-----------------------------------------
+For resamples given as row indices ``idx [B, m]`` (drawn with replacement), the sums a paired
+bootstrap of R² needs: per resample, ``Σ y``, ``Σ y²`` and, per model, ``Σ e²`` over the
+drawn rows (``sq_err [models, m]`` the squared out-of-fold errors). The kernel accumulates
+them without materialising the resampled arrays, in parallel over resamples.
+
 Factorization-machine scoring over CSR rows
 -------------------------------------------
 A second-order FM over ``n`` features scores a row ``x`` as::
@@ -37,6 +44,8 @@ import numpy as np
 from numba import njit, prange
 
 __all__ = [
+    "bootstrap_sums",
+    "bootstrap_sums_reference",
     "build_index_map",
     "fm_score_binary_csr",
     "fm_score_binary_csr_reference",
@@ -255,3 +264,54 @@ def fm_score_binary_csr_reference(indptr, indices, w0, w, V, index_map=None) -> 
     indptr, indices, _ = _check_csr(indptr, indices, None)
     w0, w, V, index_map = _check_fm(w0, w, V, index_map)
     return _score_reference(indptr, indices, None, w0, w, V, index_map)
+
+
+# --------------------------------------------------------------------------------------------
+# Paired bootstrap sums.
+
+
+def _check_bootstrap(idx, y, sq_err):
+    idx = np.ascontiguousarray(idx, dtype=np.int64)
+    y = np.ascontiguousarray(y, dtype=np.float64)
+    sq_err = np.ascontiguousarray(np.atleast_2d(sq_err), dtype=np.float64)
+    if idx.ndim != 2 or y.ndim != 1 or sq_err.shape[1] != y.size:
+        raise ValueError(f"need idx [B, m], y [m] and sq_err [models, m], got {idx.shape}, {y.shape}, {sq_err.shape}")
+    if idx.size and (idx.min() < 0 or idx.max() >= y.size):
+        raise ValueError(f"idx must lie in [0, {y.size})")
+    return idx, y, sq_err
+
+
+def bootstrap_sums(idx, y, sq_err) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per resample ``Σ y`` [B], ``Σ y²`` [B] and per model ``Σ e²`` [B, models], float64."""
+    idx, y, sq_err = _check_bootstrap(idx, y, sq_err)
+    B, models = idx.shape[0], sq_err.shape[0]
+    sy, syy, sse = np.zeros(B), np.zeros(B), np.zeros((B, models))
+    _bootstrap_sums_kernel(idx, y, np.ascontiguousarray(sq_err.T), sy, syy, sse)
+    return sy, syy, sse
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def _bootstrap_sums_kernel(idx, y, sq_err_t, sy, syy, sse):
+    B, m = idx.shape
+    models = sq_err_t.shape[1]
+    for b in prange(B):
+        a, aa = 0.0, 0.0
+        acc = np.zeros(models)
+        for t in range(m):
+            r = np.uint64(idx[b, t])
+            v = y[r]
+            a += v
+            aa += v * v
+            for k in range(models):
+                acc[k] += sq_err_t[r, k]
+        sy[b] = a
+        syy[b] = aa
+        for k in range(models):
+            sse[b, k] = acc[k]
+
+
+def bootstrap_sums_reference(idx, y, sq_err) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Vectorised NumPy twin of :func:`bootstrap_sums` (fancy indexing)."""
+    idx, y, sq_err = _check_bootstrap(idx, y, sq_err)
+    ys = y[idx]  # [B, m]
+    return ys.sum(1), (ys * ys).sum(1), sq_err[:, idx].sum(2).T

@@ -142,3 +142,16 @@ def test_build_index_map():
         K.build_index_map(np.array([1, 1]), 4)
     with pytest.raises(ValueError, match="lie in"):
         K.build_index_map(np.array([4]), 4)
+
+
+def test_bootstrap_sums_match_the_reference() -> None:
+    rng = np.random.default_rng(7)
+    y = rng.normal(size=300)
+    sq_err = rng.random((3, 300))
+    idx = rng.integers(0, 300, (50, 300))
+    fast = K.bootstrap_sums(idx, y, sq_err)
+    slow = K.bootstrap_sums_reference(idx, y, sq_err)
+    for a, b in zip(fast, slow):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="idx must lie"):
+        K.bootstrap_sums(np.array([[300]]), y, sq_err)
