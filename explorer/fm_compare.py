@@ -138,13 +138,17 @@ def _folds(m: int, k: int, seed: int) -> np.ndarray:
     return fold
 
 
-def out_of_fold(X: np.ndarray, y: np.ndarray, fm_config: FMConfig, folds: int, seed: int) -> dict[str, np.ndarray]:
+def out_of_fold(
+    X: np.ndarray, y: np.ndarray, fm_config: FMConfig, folds: int, seed: int, *, progress: bool = False,
+) -> dict[str, np.ndarray]:
     """Out-of-fold predictions [m] of the three models (the same folds for each)."""
+    from tqdm.auto import tqdm
+
     m = X.shape[0]
     fold = _folds(m, folds, seed)
     oof = {name: np.zeros(m) for name in MODELS}
     inner = replace(fm_config, holdout_fraction=0.0)
-    for f in range(folds):
+    for f in tqdm(range(folds), desc="fm cross-validation", unit="fold", disable=not progress):
         test, train = fold == f, fold != f
         oof["mean"][test] = y[train].mean()
         b, w = _ridge(X[train], y[train], fm_config.l2_w)
@@ -191,6 +195,7 @@ def _r2(y: np.ndarray, y_hat: np.ndarray) -> float:
 
 def compare_models(
     X: np.ndarray, y: np.ndarray, fm_config: FMConfig = FMConfig(), config: CompareConfig = CompareConfig(),
+    *, progress: bool = False,
 ) -> ModelComparison:
     """Cross-validate the FM, the linear model and the mean on experiments ``X [m, n]``, ``y [m]``."""
     X = np.asarray(X, np.float64)
@@ -198,7 +203,7 @@ def compare_models(
     m = X.shape[0]
     if m < 2 * config.folds:
         raise ValueError(f"{m} experiments are too few for {config.folds}-fold cross-validation")
-    oof = out_of_fold(X, y, fm_config, config.folds, config.seed)
+    oof = out_of_fold(X, y, fm_config, config.folds, config.seed, progress=progress)
     r2 = {name: _r2(y, oof[name]) for name in MODELS}
     boot = bootstrap_r2(y, np.stack([oof[name] for name in MODELS]), config.bootstrap, config.seed)
     alpha = (1 - config.confidence) / 2

@@ -118,6 +118,7 @@ def stage_rank(m: int, n: int, config: FMStageConfig) -> int:
 
 def run_fm(
     experiments: ExperimentResult, config: FMStageConfig = FMStageConfig(), *, measure: PairMeasure | None = None,
+    progress: bool = False,
 ) -> tuple[FMResult, dict[str, Any]]:
     """Compare the FM with additive effects; report and verify pairs only if it wins.
 
@@ -133,7 +134,7 @@ def run_fm(
     rank = stage_rank(m, n, config)
     fit_config = config.fit_config(rank)
     try:
-        comparison = compare_models(X, y, fit_config, config.compare_config())
+        comparison = compare_models(X, y, fit_config, config.compare_config(), progress=progress)
         fit = fit_fm(X, y, fit_config)  # all rows (early stopping watches 10% of them)
     except ValueError as error:
         raise InputError(f"cannot fit the FM: {error}; rerun `refusal-explorer analyze experiments` with a larger --n-experiments") from None

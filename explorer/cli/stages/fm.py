@@ -41,7 +41,7 @@ def fm(ctx: StageContext) -> Report:
     config = ctx.config()
     experiments = ctx.require(ExperimentResult, "experiments")
     measure = experiment_pair_measure(ctx.study, lambda: ctx.live([int(experiments.layer)]), experiments, max_batch=config.max_batch)
-    result, summary = run_fm(experiments, config, measure=measure)
+    result, summary = run_fm(experiments, config, measure=measure, progress=True)
     # pooled over the post-instruction tokens, where refusal is decided (see score_cached_codes)
     scores = score_cached_codes(ctx.study, result, prompt_tokens=ctx.study.meta.n_positions)
     labels = ctx.study.column("label")
