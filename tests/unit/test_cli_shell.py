@@ -96,7 +96,7 @@ def test_stage_json_carries_the_facts_of_the_text(study: Path, tmp_path: Path) -
     assert text.exit_code == 0, text.output
     result = CliRunner().invoke(cli, [*args, "--json"])
     assert result.exit_code == 0, result.output
-    facts = json.loads(result.output)
+    facts = json.loads(result.stdout)  # progress bars go to stderr
     assert facts["stage"] == "fm" and facts["saved"] == f"{copy}:/analysis/default/fm" and facts["rank"] == 2
     assert f"rank 2 ({facts['fm_parameters']} parameters" in text.output and f"{facts['n_experiments']} experiments" in text.output
     assert f"verdict    {facts['sentence']}" in text.output and facts["verdict"] in ("interactions", "additive")
