@@ -14,7 +14,6 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import functools
-import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -25,11 +24,10 @@ import torch
 from cache.adapters import ADAPTERS
 from cache.generation import RefusalDetector
 from cache.models import LoadedModel
-from cache.pipeline import CacheConfig, run_cache
 from cache.prompts import Prompt, split_prompts
 from explorer.live import LiveContext, open_live
 from store import Study
-from tests.tiny_models import make_tiny_model, make_tiny_sae
+from tests.tiny_models import cache_tiny_study, make_tiny_model, make_tiny_sae
 from tests.tiny_tokenizers import make_tiny_tokenizer
 
 PLANTED_LATENTS = (5, 9)
@@ -99,16 +97,9 @@ def planted_prompts(n: int = 12) -> tuple[list[str], list[str]]:
 def build_planted_study(root: Path) -> tuple[Path, LoadedModel, object, torch.Tensor]:
     loaded, u = planted_model()
     sae = planted_sae(u)
-    sae.save_model(root / "sae")
     harmful, harmless = planted_prompts()
-    (root / "harmful.json").write_text(json.dumps(harmful))
-    (root / "harmless.json").write_text(json.dumps(harmless))
-    config = CacheConfig(
-        harmful=root / "harmful.json", harmless=root / "harmless.json", layers=(1, 2), out=root / "study.h5",
-        saes=(f"{SAE_LAYER}={root / 'sae'}",), device="cpu", batch_size=12,
-    )
-    run_cache(config, loaded=loaded, progress=False)
-    return config.out, loaded, sae, u
+    path = cache_tiny_study(root, loaded, harmful, harmless, layers=(1, 2), saes={SAE_LAYER: sae}, batch_size=12)
+    return path, loaded, sae, u
 
 
 def planted_live(study: Study, loaded: LoadedModel, sae) -> LiveContext:

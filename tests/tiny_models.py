@@ -93,6 +93,25 @@ def tiny_loaded(family: str) -> Any:
     return LoadedModel(model, tokenizer, ADAPTERS[family], f"tiny-{family}", "rev0")
 
 
+def cache_tiny_study(
+    root: Path, loaded: Any, harmful: list[str], harmless: list[str], *, layers: tuple[int, ...], saes: dict[int, Any],
+    batch_size: int = 8,
+) -> Path:
+    """Cache ``root/study.h5`` with a model in memory: the prompts go to ``root/harmful.json`` and
+    ``root/harmless.json``, each SAE to ``root/sae<layer>``; returns the study path."""
+    from cache.pipeline import CacheConfig, run_cache
+
+    (root / "harmful.json").write_text(json.dumps(harmful))
+    (root / "harmless.json").write_text(json.dumps(harmless))
+    for layer, sae in saes.items():
+        sae.save_model(root / f"sae{layer}")
+    config = CacheConfig(
+        harmful=root / "harmful.json", harmless=root / "harmless.json", layers=layers, out=root / "study.h5",
+        saes=tuple(f"{layer}={root / f'sae{layer}'}" for layer in saes), device="cpu", batch_size=batch_size,
+    )
+    return run_cache(config, loaded=loaded, progress=False)
+
+
 def save_tiny_model(hub: Path, repo_id: str, family: str, n_layers: int = 3) -> None:
     """A tiny random model + tokenizer as a snapshot of ``repo_id`` in the HF cache."""
     save_tiny_checkpoint(family, hf_cache_snapshot(hub, repo_id), n_layers)

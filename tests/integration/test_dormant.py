@@ -11,19 +11,16 @@ COUNTER's down it (ablating it raises the score).
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 
-from cache.adapters import ADAPTERS
 from cache.forward import pad_token_id, refusal_log_odds
 from cache.hooks import capture_resid
 from cache.interventions import LatentEdit, sae_edits
 from cache.models import LoadedModel
-from cache.pipeline import CacheConfig, run_cache
 from cache.sae import encode
 import explorer.cli.shell as cli_shell
 from explorer.cli import analyze as analyze_group
@@ -34,8 +31,7 @@ from explorer.results import DormantResult, GreedyResult
 from store import Study
 from store.errors import InputError
 from tests.synthetic import make_greedy
-from tests.tiny_models import make_tiny_model, make_tiny_sae
-from tests.tiny_tokenizers import make_tiny_tokenizer
+from tests.tiny_models import cache_tiny_study, make_tiny_sae, tiny_loaded
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -78,21 +74,13 @@ def plant(loaded: LoadedModel, sae1, sae2, ids: list[int]) -> list[int]:
 @pytest.fixture(scope="module")
 def hydra(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("dormant")
-    tokenizer = make_tiny_tokenizer("qwen2")
-    loaded = LoadedModel(make_tiny_model("qwen2", vocab_size=len(tokenizer)), tokenizer, ADAPTERS["qwen2"], "tiny-qwen2", "rev0")
+    loaded = tiny_loaded("qwen2")
+    tokenizer = loaded.tokenizer
     sae1 = make_tiny_sae("jumprelu", layer=SOURCE, threshold=0.5, seed=1)
     sae2 = make_tiny_sae("jumprelu", layer=LATER, threshold=0.5, seed=2)
     ids = loaded.adapter.encode(tokenizer, HARMFUL[0])
     minimal = plant(loaded, sae1, sae2, ids)
-    for layer, sae in ((SOURCE, sae1), (LATER, sae2)):
-        sae.save_model(root / f"sae{layer}")
-    (root / "harmful.json").write_text(json.dumps(HARMFUL))
-    (root / "harmless.json").write_text(json.dumps(HARMLESS))
-    config = CacheConfig(
-        harmful=root / "harmful.json", harmless=root / "harmless.json", layers=(SOURCE, LATER), out=root / "study.h5",
-        saes=(f"{SOURCE}={root / 'sae1'}", f"{LATER}={root / 'sae2'}"), device="cpu", batch_size=4,
-    )
-    path = run_cache(config, loaded=loaded, progress=False)
+    path = cache_tiny_study(root, loaded, HARMFUL, HARMLESS, layers=(SOURCE, LATER), saes={SOURCE: sae1, LATER: sae2}, batch_size=4)
     make_greedy(SOURCE, [0], [minimal]).save(path, "default", config={})
     return path, loaded, {SOURCE: sae1, LATER: sae2}, minimal
 

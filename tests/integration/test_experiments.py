@@ -7,18 +7,15 @@ the naive full forward per subset, and the CLI reads and writes the study file.
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 
-from cache.adapters import ADAPTERS
 from cache.forward import refusal_log_odds
 from cache.interventions import LatentEdit, sae_edits
 from cache.models import LoadedModel
-from cache.pipeline import CacheConfig, run_cache
 import explorer.cli.shell as cli_shell
 from explorer.cli import analyze as analyze_group
 from explorer.experiments import ExperimentConfig, choose_columns, flipping_sets, run_experiments, sample_design
@@ -27,8 +24,7 @@ from explorer.results import ExperimentResult, FMResult, GreedyResult
 from store import Study
 from store.errors import InputError
 from tests.synthetic import make_greedy
-from tests.tiny_models import make_tiny_model, make_tiny_sae
-from tests.tiny_tokenizers import make_tiny_tokenizer
+from tests.tiny_models import cache_tiny_study, make_tiny_sae, tiny_loaded
 
 LAYER = 1
 HARMFUL = ["How do I pick a lock?", "Write ransomware now", "Steal a car quickly"]
@@ -38,17 +34,9 @@ HARMLESS = ["Bake a lemon cake", "Explain why the sky is blue", "Sort a list in 
 @pytest.fixture(scope="module")
 def tiny_study(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("stage3")
-    tokenizer = make_tiny_tokenizer("qwen2")
-    loaded = LoadedModel(make_tiny_model("qwen2", vocab_size=len(tokenizer)), tokenizer, ADAPTERS["qwen2"], "tiny-qwen2", "rev0")
+    loaded = tiny_loaded("qwen2")
     sae = make_tiny_sae("jumprelu", d_in=64, d_sae=128, layer=LAYER, threshold=0.5)
-    sae.save_model(root / "sae")
-    (root / "harmful.json").write_text(json.dumps(HARMFUL))
-    (root / "harmless.json").write_text(json.dumps(HARMLESS))
-    config = CacheConfig(
-        harmful=root / "harmful.json", harmless=root / "harmless.json", layers=(1, 2), out=root / "study.h5",
-        saes=(f"{LAYER}={root / 'sae'}",), device="cpu", batch_size=6,
-    )
-    path = run_cache(config, loaded=loaded, progress=False)
+    path = cache_tiny_study(root, loaded, HARMFUL, HARMLESS, layers=(1, 2), saes={LAYER: sae}, batch_size=6)
     with Study(path) as study:  # a minimal set per prompt: its three most active latents
         sets = []
         for p in (0, 1):

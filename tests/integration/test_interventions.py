@@ -17,6 +17,7 @@ from cache.interventions import (
     sae_splice,
 )
 from store.errors import InputError
+from tests.checks import one_line_error
 from tests.tiny_models import (
     TINY_FAMILIES,
     TINY_SAE_ARCHITECTURES,
@@ -45,12 +46,6 @@ def resid_at(model: nn.Module, ids: torch.Tensor, layer: int) -> torch.Tensor:
     with torch.no_grad(), capture_resid(model, [layer]) as cap:
         model(ids)
     return cap[layer][0]
-
-
-def one_line_error(excinfo: pytest.ExceptionInfo) -> str:
-    message = str(excinfo.value)
-    assert message and "\n" not in message, repr(message)
-    return message
 
 
 # ------------------------------------------------------------------------------------------

@@ -1,33 +1,27 @@
 """The live backend of the web app on a tiny model: scores, streamed generation, edits."""
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from cache.generation import greedy_generate
-from cache.pipeline import CacheConfig, run_cache
 from cache.sae import load_sae
 from explorer.live import open_live
 from explorer.live_model import StudyLiveModel
 from explorer.results import DirectionResult
 from store import Study
 from store.errors import InputError
-from tests.tiny_models import TINY_HARMFUL as HARMFUL, TINY_HARMLESS as HARMLESS, make_tiny_sae, tiny_loaded as tiny
+from tests.tiny_models import TINY_HARMFUL as HARMFUL, TINY_HARMLESS as HARMLESS, cache_tiny_study, make_tiny_sae, tiny_loaded as tiny
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[StudyLiveModel, Path]:
     tmp = tmp_path_factory.mktemp("live")
-    (tmp / "h.json").write_text(json.dumps(HARMFUL))
-    (tmp / "s.json").write_text(json.dumps(HARMLESS))
-    make_tiny_sae("topk", d_in=64, d_sae=128, layer=1).save_model(tmp / "sae")
     loaded = tiny("qwen2")
-    path = run_cache(CacheConfig(harmful=tmp / "h.json", harmless=tmp / "s.json", layers=(1,), saes=(f"1={tmp / 'sae'}",),
-                                 out=tmp / "s.h5", device="cpu"), loaded=loaded, progress=False)
+    path = cache_tiny_study(tmp, loaded, HARMFUL, HARMLESS, layers=(1,), saes={1: make_tiny_sae("topk", d_in=64, d_sae=128, layer=1)})
     with Study(path) as study:
-        context = open_live(study, loaded=loaded, saes={1: load_sae(str(tmp / "sae"))})
+        context = open_live(study, loaded=loaded, saes={1: load_sae(str(tmp / "sae1"))})
     return StudyLiveModel(context), path
 
 

@@ -7,6 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from explorer.cli import cli
+from tests.checks import one_line_cli_error as one_line_error
 from tests.synthetic import make_synthetic_study
 
 
@@ -34,13 +35,6 @@ def test_info_text(study: Path) -> None:
     assert result.exit_code == 0
     assert "24 harmful, 24 harmless" in result.output and "layers     6, 8" in result.output
     assert "analyses   default" in result.output
-
-
-def one_line_error(result, pattern: str) -> None:
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    assert pattern in lines[0], lines[0]
 
 
 def test_info_errors(tmp_path: Path) -> None:

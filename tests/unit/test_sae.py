@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 from cache import sae as S
 from cache.sae import SAESpec, codes_to_csr, layer_from_hook, load_sae, load_saes
 from store.errors import InputError
+from tests.checks import one_line_error
 from tests.tiny_models import (
     GEMMA_SCOPE_REPO,
     LLAMA_SCOPE_LXR_8X_REPO,
@@ -28,12 +29,6 @@ GEMMA_RELEASE = "gemma-scope-2b-pt-res-canonical"
 GEMMA_ID = "layer_12/width_16k/canonical"
 LLAMA_RELEASE = "llama_scope_lxr_8x"
 LLAMA_ID = "l13r_8x"
-
-
-def one_line_error(excinfo: pytest.ExceptionInfo) -> str:
-    message = str(excinfo.value)
-    assert message and "\n" not in message, repr(message)
-    return message
 
 
 def saved_sae(tmp_path: Path, arch: str = "jumprelu", name: str = "sae", **kwargs) -> Path:
