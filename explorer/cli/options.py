@@ -87,6 +87,8 @@ class _Field:
     decls: tuple[str, ...]
     hint: Any
     kwargs: dict[str, Any]
+    default: Any
+    """The field's default (``dataclasses.MISSING`` when it has none)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -135,7 +137,15 @@ class ConfigOptions:
     def parse(self, values: dict[str, Any]) -> dict[str, Any]:
         """Pop this config's fields from ``values`` (a command's parsed options), converted to the
         field types (comma lists and repeated options → tuples; an InputError names the flag)."""
-        return {spec.name: _convert(values.pop(spec.name), spec) for spec in self.fields() if spec.name in values}
+        parsed = {}
+        for spec in self.fields():
+            if spec.name not in values:
+                continue
+            value = values.pop(spec.name)
+            if value is None and spec.default not in (None, dataclasses.MISSING):
+                continue  # not given, and its default (e.g. an empty tuple) has no option form: keep it
+            parsed[spec.name] = _convert(value, spec)
+        return parsed
 
     def make(self, **kwargs: Any) -> Any:
         """The config from field values; a ``ValueError`` of its checks becomes an ``InputError``
@@ -199,7 +209,8 @@ def _fields(options: ConfigOptions) -> list[_Field]:
             kwargs.update(required=True, default=None, show_default=False)
         kwargs.update(options.extra.get(item.name, {}))
         decls = tuple(flag.split(" "))
-        specs.append(_Field(item.name, flag.split("/")[0], decls, hints[item.name], kwargs))
+        specs.append(_Field(item.name, flag.split("/")[0], decls, hints[item.name], kwargs,
+                            default if has_default else dataclasses.MISSING))
     return specs
 
 

@@ -64,7 +64,7 @@ def test_stage_options_are_the_config_fields_with_their_defaults() -> None:
             assert item.name in by_name, f"{stage.name}: no option for {config.__name__}.{item.name}"
             if item.default is dataclasses.MISSING:
                 continue
-            parsed = options.parse({item.name: by_name[item.name].default})[item.name]
+            parsed = options.parse({item.name: by_name[item.name].default}).get(item.name, item.default)
             assert parsed == item.default, (stage.name, item.name, parsed, item.default)
             assert by_name[item.name].help, f"{config.__name__}.{item.name} has no docstring to show as help"
 
@@ -116,3 +116,20 @@ def test_viewer_commands_live_in_the_viewer_layer() -> None:
         module = target.split(":")[0]
         assert module in {"app_tui", "app_web"}, (name, module)
         assert (ROOT / f"{module}.py").exists()
+
+
+def test_an_empty_tuple_default_survives_the_round_trip() -> None:
+    from dataclasses import dataclass
+
+    from explorer.cli.options import ConfigOptions
+
+    @dataclass(frozen=True, kw_only=True)
+    class Config:
+        words: tuple[str, ...] = ()
+        """Some words."""
+        layers: tuple[int, ...] = ()
+        """Some layers."""
+
+    options = ConfigOptions(Config)
+    assert options.build({"words": None, "layers": None}) == Config()
+    assert options.build({"words": "a, b", "layers": "1,2"}) == Config(words=("a", "b"), layers=(1, 2))
