@@ -11,6 +11,7 @@ COUNTER's down it (ablating it raises the score).
 
 from __future__ import annotations
 
+import json
 
 import numpy as np
 import pytest

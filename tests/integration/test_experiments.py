@@ -7,6 +7,7 @@ the naive full forward per subset, and the CLI reads and writes the study file.
 
 from __future__ import annotations
 
+import json
 
 import numpy as np
 import pytest
