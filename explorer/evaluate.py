@@ -221,13 +221,7 @@ class AblationEvaluator:
         Returns the last position's logits [rows, vocab] and the residuals at ``capture``
         layers (> L) as left-padded [rows, width, d_model].
         """
-        ids = [self.token_ids[p] for p in prompts]
-        width = max(len(i) for i in ids)
-        inputs = pad_left(ids, self.pad_id, self.model.device)
-        dtype = next(self.model.parameters()).dtype
-        padded = torch.stack([
-            torch.nn.functional.pad(r.to(device=self.model.device, dtype=dtype), (0, 0, width - r.shape[0], 0)) for r in resid
-        ])  # [rows, width, d_model]
+        inputs, padded = self._replay_inputs(prompts, resid)
         n_layers = len(decoder_layers(self.model))
         for layer in capture:
             if not self.layer < layer < n_layers:
@@ -244,6 +238,17 @@ class AblationEvaluator:
         row; the forward stops there. Differentiable in ``resid`` when grad is enabled."""
         if not self.layer < layer < len(decoder_layers(self.model)):
             raise InputError(f"layer {layer} must come after the ablation layer {self.layer}")
+        inputs, padded = self._replay_inputs(prompts, resid)
+        width = padded.shape[1]
+        with capture_resid(self.model, [layer], stop=True, detach=False) as captured, \
+                replay_from_layer(self.model, self.layer, padded, as_tuple=self._as_tuple):
+            self.model(**inputs, use_cache=False)
+        hidden = captured[layer][-1]
+        return [hidden[r, width - len(self.token_ids[p]) :] for r, p in enumerate(prompts)]
+
+    def _replay_inputs(self, prompts: Sequence[int], resid: Sequence[torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """The left-padded inputs of ``prompts`` and their layer-L residuals padded the same way
+        ([rows, width, d_model], in the model's dtype), for a forward that replays from layer L."""
         ids = [self.token_ids[p] for p in prompts]
         width = max(len(i) for i in ids)
         inputs = pad_left(ids, self.pad_id, self.model.device)
@@ -251,11 +256,7 @@ class AblationEvaluator:
         padded = torch.stack([
             torch.nn.functional.pad(r.to(device=self.model.device, dtype=dtype), (0, 0, width - r.shape[0], 0)) for r in resid
         ])
-        with capture_resid(self.model, [layer], stop=True, detach=False) as captured, \
-                replay_from_layer(self.model, self.layer, padded, as_tuple=self._as_tuple):
-            self.model(**inputs, use_cache=False)
-        hidden = captured[layer][-1]
-        return [hidden[r, width - len(i) :] for r, i in enumerate(ids)]
+        return inputs, padded
 
     def edited_resid(self, prompt: int, masks: torch.Tensor) -> torch.Tensor:
         """Layer-L residuals [B, len_p, d_model] of one prompt with each mask row's latents ablated."""
