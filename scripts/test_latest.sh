@@ -13,6 +13,6 @@ venv="${VENV_LATEST:-.venv-latest}"
 rm -rf "$venv"
 LOCK=none bash scripts/install.sh "$venv" dev,judge
 echo "versions that differ from requirements.lock:"
-"$venv/bin/python" -m pip --disable-pip-version-check freeze --exclude-editable | LC_ALL=C sort -f \
-  | comm -23 - <(grep -v '^#' requirements.lock | LC_ALL=C sort -f) | sed 's/^/  /' || true
+"$venv/bin/python" -m pip --disable-pip-version-check freeze --exclude-editable | LC_ALL=C sort \
+  | LC_ALL=C comm -23 - <(grep -v '^#' requirements.lock | LC_ALL=C sort) | sed 's/^/  /' || true
 "$venv/bin/python" -m pytest "$@"
