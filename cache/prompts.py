@@ -82,11 +82,14 @@ def load_prompts(
     label: str,
     column: str | None = None,
     dataset: str | None = None,
+    category_column: str | None = None,
 ) -> list[Prompt]:
     """Read the prompts of one file, all with ``label``; see the module docstring for formats.
 
-    ``dataset`` defaults to the file's stem. Raises ``InputError`` (one line naming the file)
-    for a missing, empty, unreadable or malformed file.
+    ``dataset`` defaults to the file's stem; ``category_column`` names the CSV/TSV column that
+    holds each prompt's category instead of the default names (JSON keeps ``category``).
+    Raises ``InputError`` (one line naming the file) for a missing, empty, unreadable or
+    malformed file.
     """
     if not isinstance(label, str) or not label.strip():
         raise ValueError("label must be a non-empty string")
@@ -115,7 +118,7 @@ def load_prompts(
     elif fmt == "jsonl":
         items = _parse_jsonl(path, text, key=column)
     elif fmt in ("csv", "tsv"):
-        items = _parse_csv(path, text, column=column, delimiter="\t" if fmt == "tsv" else ",")
+        items = _parse_csv(path, text, column=column, delimiter="\t" if fmt == "tsv" else ",", category_column=category_column)
     else:
         items = [(line, "") for line in text.split("\n")]
 
@@ -280,7 +283,7 @@ def _json_item(path: Path, value: Any, *, key: str | None, where: str) -> tuple[
 
 
 def _parse_csv(
-    path: Path, text: str, *, column: str | None, delimiter: str
+    path: Path, text: str, *, column: str | None, delimiter: str, category_column: str | None = None
 ) -> list[tuple[Any, str]]:
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     try:
@@ -302,7 +305,9 @@ def _parse_csv(
                     + ", ".join(CSV_DEFAULT_COLUMNS)
                     + f"); the columns are {shown}; name the column to use",
                 )
-        cat = _find_column(names, CSV_CATEGORY_COLUMNS)
+        cat = _find_column(names, (category_column,) if category_column else CSV_CATEGORY_COLUMNS)
+        if category_column and cat is None:
+            raise _error(path, f"no category column '{category_column}'; the columns are {shown}")
         items: list[tuple[Any, str]] = []
         for row in reader:
             value = row[col] if col < len(row) else ""
