@@ -122,12 +122,22 @@ def open_live(
         sae.to(model.device)
     tokens = config.get("refusal_tokens")
     refusal_ids = loaded.adapter.refusal_token_ids(loaded.tokenizer, tuple(tokens) if tokens else None)
+    if not tokens:  # explicit --refusal-tokens at cache time win; else the model's own openers, when found
+        refusal_ids = stored_refusal_ids(study) or refusal_ids
     phrases = config.get("refusal_phrases")
     detector = RefusalDetector.from_file(phrases) if phrases else RefusalDetector()
     return LiveContext(
         loaded=loaded, saes=saes, refusal_ids=tuple(refusal_ids), pad_id=pad_token_id(loaded.tokenizer),
         n_positions=meta.n_positions, refusal_threshold=meta.refusal_threshold, detector=detector,
     )
+
+
+def stored_refusal_ids(study: Study) -> list[int]:
+    """The refusal opening tokens `analyze refusal-tokens` stored in the default run ([] if none)."""
+    from explorer.refusal_tokens import RefusalTokensResult
+
+    stored = RefusalTokensResult.load(study, "default")
+    return [] if stored is None else [int(t) for t in stored.token_id]
 
 
 def prompt_token_ids(study: Study, prompts: Sequence[int]) -> list[list[int]]:

@@ -79,3 +79,40 @@ def disagreements(scores: np.ndarray, threshold: float, refused_by_generation: n
     generated = refused_by_generation >= 0
     fast = scores > threshold
     return int((fast[generated] != (refused_by_generation[generated] == 1)).sum())
+
+
+def run_refusal_tokens(
+    study: Any, live: Any, *, min_share: float = 0.8, min_count: int = 2, batch_size: int = 8, progress: bool = True,
+) -> tuple[RefusalTokensResult, dict[str, Any]]:
+    """Find the set from the study's cached generations, then re-score every generated prompt
+    with the old token set and the new one and count fast-score/generation disagreements."""
+    from cache.forward import refusal_log_odds
+    from explorer.direction import last_logits
+    from explorer.live import prompt_token_ids
+    from store.errors import InputError
+
+    generations = study.column("generation")
+    refused = study.column("refused").astype(np.int64)
+    generated = np.flatnonzero(refused >= 0)
+    if len(generated) == 0:
+        raise InputError("the study has no cached generations; cache it with --generate N (e.g. 24) first")
+    tokenizer = live.loaded.tokenizer
+    result = find_refusal_tokens(tokenizer, [str(generations[i]) for i in generated], live.detector, min_share=min_share, min_count=min_count)
+    if len(result.token_id) == 0:
+        raise InputError(f"no opening token starts at least {min_count} refusals and ≥ {min_share:.0%} of its generations; nothing stored")
+    old_ids = list(live.refusal_ids)
+    logits = last_logits(live, prompt_token_ids(study, generated.tolist()), batch_size)
+    old = refusal_log_odds(logits, old_ids).numpy()
+    new = refusal_log_odds(logits, result.token_id.tolist()).numpy()
+    threshold = live.refusal_threshold
+    summary = {
+        "tokens": [(str(t), int(r), int(a)) for t, r, a in zip(result.token, result.n_refused, result.n_answered)],
+        "rejected": [(tokenizer.decode([int(t)]), int(r), int(a)) for t, r, a in zip(result.rejected_id, result.rejected_n_refused, result.rejected_n_answered)],
+        "old_tokens": [tokenizer.decode([t]) for t in old_ids],
+        "generated": int(len(generated)),
+        "refused_by_generation": int((refused[generated] == 1).sum()),
+        "disagreements_before": disagreements(old, threshold, refused[generated]),
+        "disagreements_after": disagreements(new, threshold, refused[generated]),
+        "threshold": float(threshold),
+    }
+    return result, summary
