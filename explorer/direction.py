@@ -11,8 +11,10 @@ held-out (val) prompts:
   vector is added at its layer (every position).
 
 The chosen candidate has the biggest drop among those with KL ≤ ``kl_threshold`` that lie
-below ``max_layer_fraction`` of the depth (and, optionally, induce ≥ ``min_induce`` and a share
-of harmless prompts whose first-token argmax changes ≤ ``max_argmax_change``).
+below ``max_layer_fraction`` of the depth (and, optionally, induce ≥ ``min_induce``): Arditi
+et al.'s rule. Its harmless side effect is not judged against a fixed bar but against the
+random-direction controls: the share of harmless first tokens it changes is reported beside
+the controls' median (``evaluate`` adds induced refusal and the CE increase).
 """
 
 from __future__ import annotations
@@ -50,10 +52,6 @@ class DirectionConfig:
     min_induce: float | None = None
     """If set, the chosen direction must also raise harmless prompts' score by at least this
     when added (Arditi et al. require > 0)."""
-    max_argmax_change: float | None = None
-    """If set, the chosen direction may change the first-token argmax of at most this share of
-    the harmless prompts when ablated. KL averages over the vocabulary; this bounds how many
-    harmless answers start differently, which is what a user of the ablated model sees."""
     max_val_prompts: int | None = None
     """Score the candidates on at most this many val prompts per label (None = all), to bound
     the cost; the chosen direction is evaluated on all of them."""
@@ -71,8 +69,6 @@ class DirectionConfig:
             raise InputError("--kl-threshold must be ≥ 0 and --max-layer-fraction in (0, 1]")
         if self.batch_size < 1 or self.verify_generate < 0 or self.random_controls < 0:
             raise InputError("--batch-size must be ≥ 1, --verify-generate and --random-controls ≥ 0")
-        if self.max_argmax_change is not None and not 0 <= self.max_argmax_change <= 1:
-            raise InputError("--max-argmax-change must be a share in [0, 1]")
         if self.max_val_prompts is not None and self.max_val_prompts < 1:
             raise InputError("--max-val-prompts must be ≥ 1")
 
@@ -111,7 +107,6 @@ def argmax_change_rate(clean: torch.Tensor, edited: torch.Tensor) -> float:
 
 def choose(
     layers: np.ndarray, drop: np.ndarray, kl: np.ndarray, induce: np.ndarray, n_layers: int, config: DirectionConfig,
-    argmax_change: np.ndarray | None = None,
 ) -> tuple[int, str]:
     """Index of the chosen candidate and a note on how it was chosen."""
     early = layers < config.max_layer_fraction * n_layers
@@ -120,9 +115,6 @@ def choose(
     if config.min_induce is not None:
         eligible &= induce >= config.min_induce
         limits.append(f"induce ≥ {config.min_induce:g}")
-    if config.max_argmax_change is not None and argmax_change is not None:
-        eligible &= argmax_change <= config.max_argmax_change
-        limits.append(f"argmax change ≤ {config.max_argmax_change:.0%}")
     if eligible.any():
         return int(np.where(eligible, drop, -np.inf).argmax()), "biggest drop among eligible candidates"
     pool = early if early.any() else np.ones_like(early)
@@ -173,7 +165,7 @@ def run_direction(study: Study, live: LiveContext, config: DirectionConfig, *, p
             induce[c] = float((score(last_logits(live, harmless_ids[:cap], config.batch_size)) - base_s[:cap]).mean())
     cand_layer = np.array([g[0] for g in grid], np.int64)
     cand_pos = np.array([g[1] for g in grid], np.int64)
-    best, note = choose(cand_layer, drop, kl, induce, live.n_layers, config, changed)
+    best, note = choose(cand_layer, drop, kl, induce, live.n_layers, config)
     layer, position = grid[best]
     raw = diffs[layer][position + n_pos]
     unit = (raw / np.linalg.norm(raw)).astype(np.float32)
@@ -199,6 +191,7 @@ def run_direction(study: Study, live: LiveContext, config: DirectionConfig, *, p
         "harmful_refused_fast": int((base_h > live.refusal_threshold).sum()),
         "harmful_refused_fast_ablated": int((ablated_h > live.refusal_threshold).sum()),
         "random_argmax_change": control_change.tolist(), "random_kl": control_kl.tolist(),
+        "random_argmax_change_median": float(np.median(control_change)) if len(control_change) else math.nan,
         "first_token_changes": first_token_changes,
     }
     return result, summary

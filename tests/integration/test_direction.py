@@ -49,6 +49,7 @@ def test_direction_recovers_the_planted_direction(planted) -> None:
     assert loaded_back.flip_rate == 1.0
     np.testing.assert_array_equal(loaded_back.argmax_change, result.argmax_change)
     assert result.random_argmax_change.shape == (3,) and (result.random_kl >= 0).all()
+    assert summary["random_argmax_change_median"] == pytest.approx(float(np.median(result.random_argmax_change)))
     changes = summary["first_token_changes"]
     assert sum(n for _, _, n in changes) == round(result.argmax_change_rate * summary["val_harmless"])
     assert all(before != after for before, after, _ in changes)
@@ -66,15 +67,9 @@ def test_selection_rule_filters_kl_late_layers_and_induce() -> None:
     assert choose(layers, drop, kl, induce, 5, DirectionConfig(kl_threshold=1.0))[0] == 1
     index, note = choose(layers, drop, kl + 1, induce, 5, config)
     assert index == 1 and "no candidate met" in note
-    changed = np.array([0.0, 0.0, 0.3, 0.02, 0.0], np.float32)
-    strict = DirectionConfig(max_argmax_change=0.05)
-    assert choose(layers, drop, kl, induce, 5, strict, changed)[0] == 3  # 2 changes 30% of first tokens
-    index, note = choose(layers, drop, kl, induce, 5, strict, changed + 0.5)
-    assert index == 1 and "argmax change ≤ 5%" in note
     with pytest.raises(InputError):
         DirectionConfig(max_layer_fraction=0)
-    with pytest.raises(InputError):
-        DirectionConfig(max_argmax_change=1.5)
+    assert not hasattr(DirectionConfig(), "max_argmax_change")  # no fixed side-effect bar: read it against the random controls
 
 
 def test_candidates_rank_the_planted_latents_first(planted) -> None:

@@ -33,7 +33,8 @@ def summary_text(f: dict[str, Any]) -> str:
         f"(drop {f['refusal_drop']:.2f}); KL on harmless {f['kl']:.3f}; adding it: +{f['induce']:.2f} on harmless",
         f"refused    fast score: {f['harmful_refused_fast']}/{f['val_harmful']} -> {f['harmful_refused_fast_ablated']} ablated; "
         f"generation flips {share(f['flip_rate'])} of {f['refused_by_generation']} refused; "
-        f"harmless first-token argmax changed {share(f['argmax_change_rate'])}",
+        f"harmless first-token argmax changed {share(f['argmax_change_rate'])} "
+        f"(random directions' median {share(f['random_argmax_change_median'])})",
         *side_effect_lines(f),
     ])
 
