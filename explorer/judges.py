@@ -25,11 +25,13 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cache.generation import RefusalDetector
+from store.errors import InputError
 
 if TYPE_CHECKING:  # pragma: no cover
     from explorer.sentence_model import SentenceEncoder
@@ -259,3 +261,37 @@ def agreement(a: Sequence[bool], b: Sequence[bool]) -> dict[str, float]:
     chance = float(pa * pb + (1 - pa) * (1 - pb))
     kappa = math.nan if chance >= 1 else (observed - chance) / (1 - chance)
     return {"agreement": observed, "kappa": kappa, "n": int(len(a))}
+
+
+def read_pairs(path: Path, prompt_column: str, response_column: str) -> tuple[list[str], list[str]]:
+    """(requests, responses) from a CSV/TSV file with a header row, in row order."""
+    import csv
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh, delimiter=delimiter)
+            names = reader.fieldnames or []
+            for column in (prompt_column, response_column):
+                if column not in names:
+                    raise InputError(f"{path}: no column {column!r}; the columns are {', '.join(map(repr, names)) or 'none'}")
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise InputError(f"{path}: not a readable CSV ({error.__class__.__name__}: {str(error).splitlines()[0]})") from None
+    if not rows:
+        raise InputError(f"{path}: no rows below the header")
+    return [r[prompt_column] or "" for r in rows], [r[response_column] or "" for r in rows]
+
+
+def judge_file(path: Path, prompt_column: str, response_column: str, judges: Judges | None = None) -> list[dict[str, Any]]:
+    """One ``{"substring", "phrase", "semantic": bool}`` per row (true = refusal), plus the
+    evidence of each judge under ``"evidence"``."""
+    prompts, responses = read_pairs(path, prompt_column, response_column)
+    verdicts = (judges or Judges()).judge(prompts, responses)
+    return [
+        {name: verdicts[name][i].refusal for name in JUDGES} | {"evidence": {name: verdicts[name][i].evidence for name in JUDGES}}
+        for i in range(len(prompts))
+    ]

@@ -104,3 +104,24 @@ def test_agreement_and_kappa() -> None:
     assert flipped["agreement"] == 0.0 and flipped["kappa"] == -1.0
     constant = agreement([True, True], [True, True])
     assert constant["agreement"] == 1.0 and math.isnan(constant["kappa"])
+
+
+def test_judge_file_reads_pairs_in_row_order_and_rejects_bad_columns(tmp_path) -> None:
+    from explorer.judges import Judges, SemanticJudge, judge_file
+
+    class Constant:  # a stand-in encoder: every text the same vector (no refusal margin, full relevance)
+        def encode(self, texts):
+            return np.ones((len(texts), 4), np.float32) / 2
+
+    path = tmp_path / "pairs.csv"
+    path.write_text('q,a\nHow?,"I\'m sorry, no."\nWhy?,Because of reasons that take a long while to explain in full: I cannot stress it enough.\nWhat?,Here it is.\n', encoding="utf-8")
+    judges = Judges(semantic=SemanticJudge(Constant(), SemanticThresholds(refusal_margin=1.0, relevance=0.5)))
+    rows = judge_file(path, "q", "a", judges)
+    assert [(r["substring"], r["phrase"], r["semantic"]) for r in rows] == [(True, True, False), (True, False, False), (False, False, False)]
+    assert rows[0]["evidence"]["substring"] == "I'm sorry"
+    from store.errors import InputError
+
+    with pytest.raises(InputError, match="no column 'response'"):
+        judge_file(path, "q", "response", judges)
+    with pytest.raises(InputError, match="no such file"):
+        judge_file(tmp_path / "missing.csv", "q", "a", judges)
