@@ -39,7 +39,9 @@ STAGE = "evaluate"
 @dataclass(frozen=True, kw_only=True)
 class EvaluateConfig:
     interventions: tuple[str, ...] = ("none", "direction")
-    """``--intervention`` specs; "none" is always evaluated first (the baseline)."""
+    """What to evaluate (repeatable): none | direction | set:PROMPT_INDEX | set:joint |
+    latents:LAYER=I,J[:ablate|scale=S|clamp=V]. The baseline (none) always runs first;
+    without any, none and direction."""
     prompts: str | None = None
     """Harmful prompt file (any format `cache` reads); None = the study's held-out harmful prompts."""
     prompt_column: str | None = None
@@ -51,24 +53,30 @@ class EvaluateConfig:
     harmless: str | None = None
     """Harmless prompt file; None = the study's held-out harmless prompts."""
     max_harmless: int | None = None
+    """Use the first N harmless prompts."""
     xstest: str | None = None
     """XSTest prompts CSV (its ``label == safe`` rows are used) for over-refusal."""
     max_xstest: int | None = None
+    """Use the first N safe XSTest prompts."""
     max_new_tokens: int = 256
     """Generation stops at the end of the turn or after this many tokens."""
     batch_size: int = 8
     """Prompts per batched generation (1 = one at a time)."""
     judges: tuple[str, ...] = JUDGES
+    """Judges to run (substring, phrase, semantic); the semantic one needs the judge extra."""
     induce_clamp: float | None = None
     """Clamp value for a set: intervention's upward form (induced refusal); None = not measured."""
     sweep_values: tuple[float, ...] = ()
     """--sweep: clamp values; with ``sweep_sizes``, a grid of induced refusal on harmless prompts."""
     sweep_sizes: tuple[int, ...] = ()
+    """--sweep: set sizes (the first k latents of the set: or latents: intervention)."""
     sweep_prompts: int = 16
+    """Harmless prompts per --sweep cell."""
     sweep_tokens: int = 48
+    """Tokens generated per --sweep prompt."""
 
     def __post_init__(self) -> None:
-        specs = parse_interventions(list(self.interventions))
+        specs = parse_interventions(list(self.interventions or ("none", "direction")))
         names = [s.text for s in specs]
         if "none" in names:
             names.remove("none")

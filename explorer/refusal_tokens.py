@@ -25,6 +25,21 @@ import numpy as np
 
 from cache.generation import RefusalDetector
 from explorer.results import StageResult
+from store.errors import InputError
+
+
+@dataclass(frozen=True, kw_only=True)
+class RefusalTokensConfig:
+    min_share: float = 0.8
+    """A token joins the set when at least this share of the cached generations it opens are refusals."""
+    min_count: int = 2
+    """… and it opens at least this many refusals."""
+    batch_size: int = 8
+    """Prompts per forward when re-scoring."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.min_share <= 1 or self.min_count < 1 or self.batch_size < 1:
+            raise InputError("--min-share must be in (0, 1], --min-count and --batch-size ≥ 1")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -81,15 +96,12 @@ def disagreements(scores: np.ndarray, threshold: float, refused_by_generation: n
     return int((fast[generated] != (refused_by_generation[generated] == 1)).sum())
 
 
-def run_refusal_tokens(
-    study: Any, live: Any, *, min_share: float = 0.8, min_count: int = 2, batch_size: int = 8, progress: bool = True,
-) -> tuple[RefusalTokensResult, dict[str, Any]]:
+def run_refusal_tokens(study: Any, live: Any, config: RefusalTokensConfig) -> tuple[RefusalTokensResult, dict[str, Any]]:
     """Find the set from the study's cached generations, then re-score every generated prompt
     with the old token set and the new one and count fast-score/generation disagreements."""
     from cache.forward import refusal_log_odds
     from explorer.direction import last_logits
     from explorer.live import prompt_token_ids
-    from store.errors import InputError
 
     generations = study.column("generation")
     refused = study.column("refused").astype(np.int64)
@@ -97,13 +109,14 @@ def run_refusal_tokens(
     if len(generated) == 0:
         raise InputError("the study has no cached generations; cache it with --generate N (e.g. 24) first")
     tokenizer = live.loaded.tokenizer
-    result = find_refusal_tokens(tokenizer, [str(generations[i]) for i in generated], live.detector, min_share=min_share, min_count=min_count)
-    if len(result.token_id) == 0:
-        raise InputError(f"no opening token starts at least {min_count} refusals and ≥ {min_share:.0%} of its generations; nothing stored")
-    old_ids = list(live.refusal_ids)
-    logits = last_logits(live, prompt_token_ids(study, generated.tolist()), batch_size)
+    result = find_refusal_tokens(
+        tokenizer, [str(generations[i]) for i in generated], live.detector, min_share=config.min_share, min_count=config.min_count,
+    )
+    # the family's default, not a previously stored set: "before" is always the fixed token
+    old_ids = live.loaded.adapter.refusal_token_ids(tokenizer, None)
+    logits = last_logits(live, prompt_token_ids(study, generated.tolist()), config.batch_size)
     old = refusal_log_odds(logits, old_ids).numpy()
-    new = refusal_log_odds(logits, result.token_id.tolist()).numpy()
+    new = refusal_log_odds(logits, result.token_id.tolist()).numpy() if len(result.token_id) else old
     threshold = live.refusal_threshold
     summary = {
         "tokens": [(str(t), int(r), int(a)) for t, r, a in zip(result.token, result.n_refused, result.n_answered)],

@@ -122,3 +122,39 @@ def test_bad_interventions_are_one_line_errors(study) -> None:
     ]:
         with pytest.raises(InputError, match=message):
             Evaluation(path, live, EvaluateConfig(interventions=(spec,)), judges=tiny_judges(), progress=False)
+
+
+def test_evaluate_cli_prints_the_table_and_the_json_object(study, monkeypatch, tmp_path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    import explorer.cli.shell as cli_shell
+    from explorer.cli import cli
+
+    path, live = study
+    monkeypatch.setattr(cli_shell, "open_stage_live", lambda opened, device, layers: live)
+    prompts = tmp_path / "harmful.csv"
+    with Study(path) as opened:
+        texts = [opened.prompt(i).text for i in range(opened.n_prompts) if opened.prompt(i).label == "harmful"][:4]
+    prompts.write_text("goal,kind\n" + "".join(f"{t},{'a' if i % 2 else 'b'}\n" for i, t in enumerate(texts)), encoding="utf-8")
+    runner = CliRunner()
+    args = ["evaluate", str(path), "--intervention", "direction", "--intervention", "latents:1=5,9:clamp=4", "--prompts", str(prompts),
+            "--category-column", "kind", "--max-new-tokens", "2", "--judges", "substring,phrase"]
+    out = runner.invoke(cli, [*args, "--json"])
+    assert out.exit_code == 0, out.output
+    facts = json.loads(out.stdout)
+    results = facts["interventions"]
+    assert set(results) == {"none", "direction", "latents:1=5,9:clamp=4"}
+    assert results["none"]["n"] == 4 and set(results["none"]["by_category"]) == {"a", "b"}
+    assert results["none"]["by_category"]["a"]["n"] == 2 and results["none"]["refusal_rate"]["phrase"] == 1.0
+    assert results["direction"]["refusal_rate"] == {"substring": results["direction"]["refusal_rate"]["substring"], "phrase": 0.0}
+    assert {"induced_refusal", "ce_increase", "kl"} <= set(results["direction"])
+    text = runner.invoke(cli, args)  # the stored result is reused (same options): no new generation
+    assert text.exit_code == 0 and "== direction" in text.output and "category" in text.output and "[" in text.output
+    bad = runner.invoke(cli, ["evaluate", str(path), "--intervention", "latents:9=1", "--judges", "phrase"])
+    assert bad.exit_code == 2 and "no SAE at layer 9" in bad.output and len(bad.output.strip().splitlines()) == 1
+    bad = runner.invoke(cli, ["evaluate", str(path), "--prompts", str(tmp_path / "none.csv"), "--judges", "phrase"])
+    assert bad.exit_code == 2 and "no such file" in bad.output
+    bad = runner.invoke(cli, ["evaluate", str(path), "--sweep", "10,20", "--judges", "phrase"])
+    assert bad.exit_code == 2 and "VALUESxSIZES" in bad.output
