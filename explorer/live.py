@@ -134,10 +134,11 @@ def open_live(
 
 def stored_refusal_ids(study: Study) -> list[int]:
     """The refusal opening tokens `analyze refusal-tokens` stored in the default run ([] if none)."""
-    from explorer.refusal_tokens import RefusalTokensResult
+    from store import read_stage
 
-    stored = RefusalTokensResult.load(study, "default")
-    return [] if stored is None else [int(t) for t in stored.token_id]
+    # read directly (not through explorer.refusal_tokens, which needs this module)
+    stored = read_stage(study.file, "default", "refusal_tokens")
+    return [] if stored is None else [int(t) for t in stored.arrays.get("token_id", [])]
 
 
 def prompt_token_ids(study: Study, prompts: Sequence[int]) -> list[list[int]]:

@@ -17,8 +17,9 @@ from explorer.results import DirectionResult
 from cache.generation import RefusalDetector
 from store import Study
 from store.errors import InputError
-from tests.integration.test_direction import SAE_LAYER, planted_live, shared_planted_study
-from tests.integration.test_direction import one_torch_thread  # noqa: F401  (autouse)
+from tests.planted import SAE_LAYER, planted_live, shared_planted_study
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class CharacterEncoder:

@@ -6,11 +6,14 @@ from __future__ import annotations
 import shutil
 
 import numpy as np
+import pytest
 
 from explorer.live import open_live, stored_refusal_ids
 from explorer.refusal_tokens import RefusalTokensResult, disagreements, find_refusal_tokens
 from store import Study
-from tests.integration.test_direction import SAE_LAYER, shared_planted_study
+from tests.planted import SAE_LAYER, shared_planted_study
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class WordTokenizer:
