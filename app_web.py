@@ -26,6 +26,7 @@ from explorer.cli.shell import CONTEXT, run_standalone
 from refusal_web import analyses, plots, prompts, views
 from refusal_web.context import WebContext, make_context
 from refusal_web.live import MODES, LiveLimits, LiveModel, live_generate, open_live_model
+from refusal_web.evaluation import evaluation_tab
 from refusal_web.paper2 import paper2_tabs
 from refusal_web.render import CSS
 from store import InputError, Study
@@ -234,6 +235,7 @@ def build_app(study: Study, live_model: LiveModel | None = None, *, run: str = "
             with gr.Tab("Dormant latents", id="dormant"):
                 _dormant_tab(ctx)
             paper2_tabs(ctx)  # Graph, Categories, Jailbreak, Probe
+            evaluation_tab(ctx)  # refusal_web/evaluation.py
             if live_model is not None:
                 with gr.Tab("Live", id="live"):
                     _live_tab(ctx, live_model, limits or LiveLimits())

@@ -139,3 +139,57 @@ def _finite(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_finite(v) for v in value]
     return value
+
+
+def _pct(value: Any) -> str:
+    return "  n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:5.0%}"
+
+
+def _interval(rate: Any, interval: Any) -> str:
+    if rate is None:
+        return "n/a"
+    low, high = interval
+    return f"{rate:.0%} [{low:.0%}–{high:.0%}]"
+
+
+def format_summary(summary: dict[str, Any], judges: list[str]) -> str:
+    """The tables `evaluate` prints: per intervention, per category, judges' agreement."""
+    lines = []
+    for name, entry in summary["interventions"].items():
+        lines.append(f"\n== {name}: {entry.get('describe', '')}")
+        lines.append(f"harmful    n={entry['n']}  refusal (95% Wilson) " + "  ".join(
+            f"{j} {_interval(entry['refusal_rate'][j], entry['refusal_interval'][j])}" for j in judges))
+        lines.append("           attack success " + "  ".join(f"{j} {_pct(entry['asr'][j])}" for j in judges))
+        pairs = entry.get("agreement", {})
+        if pairs:
+            lines.append("           judges agree " + "  ".join(
+                f"{pair} {v['agreement']:.0%} (κ {v['kappa']:.2f})" if v["kappa"] is not None else f"{pair} {v['agreement']:.0%}"
+                for pair, v in pairs.items() if v["agreement"] is not None))
+        width = max([len(c) for c in entry.get("by_category", {})] + [8])
+        if entry.get("by_category"):
+            lines.append(f"           {'category':<{width}}    n  " + "  ".join(f"{j:>9}" for j in judges) + "   (refusal rate)")
+            for category, cell in entry["by_category"].items():
+                lines.append(f"           {category:<{width}} {cell['n']:>4}  " + "  ".join(f"{_pct(cell['refusal_rate'][j]):>9}" for j in judges))
+        harmless = entry.get("harmless")
+        if harmless:
+            what = "baseline refusal" if name == "none" else "induced refusal"
+            lines.append(f"harmless   n={harmless['n']}  {what} " + "  ".join(
+                f"{j} {_interval(harmless['refusal_rate'][j], harmless['refusal_interval'][j])}" for j in judges))
+        elif name != "none":
+            lines.append("harmless   induced refusal: not measured (no upward form: add the direction, clamp latents up, or --induce-clamp for a set)")
+        xstest = entry.get("over_refusal")
+        if xstest:
+            lines.append(f"xstest     n={xstest['n']}  over-refusal " + "  ".join(
+                f"{j} {_interval(xstest['refusal_rate'][j], xstest['refusal_interval'][j])}" for j in judges))
+        if name != "none":
+            ce, kl = entry.get("ce_increase"), entry.get("kl")
+            lines.append(
+                "side effect on the baseline's harmless completions: "
+                + (f"CE +{ce:.3f} nats/token" if ce is not None else "CE n/a")
+                + (f", first-token KL {kl:.3f}" if kl is not None else "")
+            )
+    if summary.get("sweep"):
+        lines.append("\n== sweep: induced refusal on harmless prompts (latents clamped to value; first SIZE latents of the set)")
+        for cell in summary["sweep"]:
+            lines.append(f"clamp {cell['value']:>6g}  size {cell['size']:>3}  " + "  ".join(f"{j} {_pct(cell['refusal_rate'][j])}" for j in judges))
+    return "\n".join(lines)

@@ -14,6 +14,7 @@ from refusal_tui.data import StudyData
 from refusal_tui.screens.detail import DetailView, FeatureDetailScreen, read_detail
 from refusal_tui.screens.dialogs import AskNumber, HelpScreen
 from refusal_tui.screens.dormant import DormantScreen
+from refusal_tui.screens.evaluation import EvaluationScreen
 from refusal_tui.screens.features import FeaturesScreen
 from refusal_tui.screens.interactions import InteractionsScreen
 from refusal_tui.screens.overview import OverviewScreen
@@ -34,6 +35,7 @@ class RefusalApp(App[None]):
     MODES = {
         "overview": OverviewScreen, "features": FeaturesScreen, "prompts": PromptsScreen,
         "sets": SetsScreen, "fm": InteractionsScreen, "dormant": DormantScreen, **PAPER2_SCREENS,
+        "evaluate": EvaluationScreen,
     }
     DEFAULT_MODE = "overview"
     BINDINGS = [

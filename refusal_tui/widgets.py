@@ -24,6 +24,7 @@ VIEWS = (
     ("sets", "4", "Sets"), ("fm", "5", "FM"), ("dormant", "6", "Dormant"),
     # the second paper's views (refusal_tui/screens/paper2.py)
     ("graph", "7", "Graph"), ("categories", "8", "Categories"), ("jailbreak", "9", "Jailbreak"), ("probe", "0", "Probe"),
+    ("evaluate", "e", "Evaluate"),  # refusal_tui/screens/evaluation.py
 )
 
 

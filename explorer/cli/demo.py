@@ -56,4 +56,39 @@ def run_demo(
         with contextlib.redirect_stdout(sys.stderr) if summaries_to_stderr else contextlib.nullcontext():
             analyze.main(args, prog_name="refusal-explorer analyze", standalone_mode=False)
         steps.append({"step": stage.name, "status": "ran"})
+    steps.append(_demo_evaluate(out, echo, summaries_to_stderr))
     return steps
+
+
+DEMO_EVALUATE = ("--max-prompts", "8", "--max-harmless", "8", "--max-new-tokens", "32", "--batch-size", "8")
+"""A small `evaluate` (baseline vs the direction vs a greedy set) so a new user sees the table;
+budgets sized for minutes on a 2-core CPU."""
+
+
+def _demo_evaluate(out: Path, echo: Callable[[str], None], summaries_to_stderr: bool) -> dict[str, str]:
+    from explorer.cli.evaluate import evaluate_command
+    from explorer.results import GreedyResult
+    from explorer.sentence_model import DIST_NAME
+
+    with Study(out) as study:
+        done = "default" in study.analysis_runs() and "evaluate" in study.file["analysis/default"]
+        greedy = GreedyResult.load(study, "default")
+    if done:
+        echo("[demo] evaluate: already in the study, skipped")
+        return {"step": "evaluate", "status": "skipped (already in the study)"}
+    interventions = ["--intervention", "direction"]
+    if greedy is not None and len(greedy.prompt):
+        joint = len(greedy.joint_prompts) > 0
+        interventions += ["--intervention", "set:joint" if joint else f"set:{int(greedy.prompt[0])}"]
+    import importlib.metadata
+
+    try:
+        importlib.metadata.distribution(DIST_NAME)
+        judges: list[str] = []
+    except importlib.metadata.PackageNotFoundError:
+        echo(f"[demo] evaluate: the semantic judge's package ({DIST_NAME}) is not installed; judging by substring and phrase only")
+        judges = ["--judges", "substring,phrase"]
+    echo("[demo] evaluate " + " ".join(interventions[1::2]))
+    with contextlib.redirect_stdout(sys.stderr) if summaries_to_stderr else contextlib.nullcontext():
+        evaluate_command.main([str(out), *interventions, *DEMO_EVALUATE, *judges], prog_name="refusal-explorer evaluate", standalone_mode=False)
+    return {"step": "evaluate", "status": "ran"}
