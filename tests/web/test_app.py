@@ -24,7 +24,7 @@ def tab_labels(demo: gr.Blocks) -> list[str]:
 def test_build_app_has_every_tab_and_a_queue(study: Study, fake_model: FakeLiveModel) -> None:
     demo = app_web.build_app(study)
     assert tab_labels(demo) == ["Overview", "Features", "Prompts", "Minimal sets", "Interactions", "Dormant latents",
-                               "Graph", "Categories", "Jailbreak", "Probe"]
+                               "Graph", "Categories", "Jailbreak", "Probe", "Evaluation"]
     assert demo._queue is not None and demo._queue.max_size == 64
     live = app_web.build_app(study, fake_model)
     assert tab_labels(live)[-1] == "Live"
