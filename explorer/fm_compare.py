@@ -101,9 +101,12 @@ class ModelComparison:
                     f"({level} CI {100 * self.gain_low:.1f}–{100 * self.gain_high:.1f}%)")
         if math.isnan(self.gain):
             return "no evidence of interactions beyond additive effects on these experiments (the scores do not vary)"
-        bar = f"; the lower end must exceed {100 * self.min_gain:.1f}%" if self.gain_low > 0 else ""
+        if self.gain_low > 0:  # reliably above zero, but too small to name pairs: say that, with its size
+            return (f"no evidence of interactions beyond additive effects on these experiments that reaches the "
+                    f"{100 * self.min_gain:.1f}% needed to report pairs (FM − linear {100 * self.gain:+.1f}% of the variance, "
+                    f"{level} CI {100 * self.gain_low:+.1f} to {100 * self.gain_high:+.1f}%)")
         return (f"no evidence of interactions beyond additive effects on these experiments (FM − linear "
-                f"{100 * self.gain:+.1f}% of the variance, {level} CI {100 * self.gain_low:+.1f} to {100 * self.gain_high:+.1f}%{bar})")
+                f"{100 * self.gain:+.1f}% of the variance, {level} CI {100 * self.gain_low:+.1f} to {100 * self.gain_high:+.1f}%)")
 
     def as_dict(self) -> dict[str, object]:
         """JSON-ready: verdict, sentence, and per model ``{"r2", "low", "high"}``."""
