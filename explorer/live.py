@@ -137,7 +137,7 @@ def stored_refusal_ids(study: Study) -> list[int]:
     from store import read_stage
 
     # read directly (not through explorer.refusal_tokens, which needs this module)
-    stored = read_stage(study.file, "default", "refusal_tokens")
+    stored = read_stage(study.file, "default", "refusal-tokens")
     return [] if stored is None else [int(t) for t in stored.arrays.get("token_id", [])]
 
 

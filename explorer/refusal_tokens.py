@@ -9,7 +9,7 @@ phrase detector and it opens at least ``min_count`` refusals. Tokens that open r
 answers alike (say "\\n\\n" opening both) are left out and reported, because they would make
 every answer look like a refusal.
 
-The set is stored under ``/analysis/<run>/refusal_tokens``; ``explorer.live.open_live``
+The set is stored under ``/analysis/<run>/refusal-tokens``; ``explorer.live.open_live``
 scores with the stored set of the ``default`` run unless the study was cached with explicit
 ``--refusal-tokens``, which always win.
 """
@@ -44,7 +44,7 @@ class RefusalTokensConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class RefusalTokensResult(StageResult):
-    STAGE: ClassVar[str] = "refusal_tokens"
+    STAGE: ClassVar[str] = "refusal-tokens"
     COMMAND: ClassVar[str] = "refusal-explorer analyze refusal-tokens"
     token_id: np.ndarray  # int [k]: the chosen opening tokens
     token: np.ndarray  # str [k]: how each reads

@@ -68,3 +68,20 @@ def test_stored_openers_drive_the_live_fast_score(tmp_path) -> None:
         assert stored_refusal_ids(study) == ids
         live = open_live(study, loaded=loaded, saes={SAE_LAYER: sae})
     assert list(live.refusal_ids) == ids
+
+
+def test_cli_stage_explains_a_study_without_generations(tmp_path, monkeypatch) -> None:
+    from click.testing import CliRunner
+
+    import explorer.cli.shell as cli_shell
+    from explorer.cli import cli
+    from tests.planted import planted_live
+
+    path, loaded, sae, _u = shared_planted_study()
+    copy = tmp_path / "study.h5"
+    shutil.copy(path, copy)
+    monkeypatch.setattr(cli_shell, "open_stage_live", lambda study, device, layers: planted_live(study, loaded, sae))
+    out = CliRunner().invoke(cli, ["analyze", "refusal-tokens", str(copy)])
+    assert out.exit_code == 2 and "no cached generations" in out.output and len(out.output.strip().splitlines()) == 1
+    out = CliRunner().invoke(cli, ["analyze", "refusal-tokens", str(copy), "--run", "other"])
+    assert out.exit_code == 2 and "default run" in out.output
