@@ -188,8 +188,8 @@ def _live_tab(ctx: WebContext, model: LiveModel, limits: LiveLimits) -> None:
     with gr.Row():
         layer = gr.Dropdown(list(ctx.layers), value=ctx.layer, label="Layer")
         latents = gr.Textbox(label="Latent ids", placeholder="e.g. 3, 17, 42", elem_id="live-latents")
-        mode = gr.Radio(list(MODES), value="ablate", label="Edit")
-        value = gr.Number(value=0.0, label="Value (scale factor / clamp level)")
+        mode = gr.Radio(list(MODES), value="ablate", label="Edit", elem_id="live-mode")
+        value = gr.Number(value=0.0, label="Value (scale factor / clamp level)", elem_id="live-value")
     with gr.Row():
         direction = gr.Checkbox(value=False, label="Also project out the refusal direction",
                                 interactive=ctx.direction is not None)

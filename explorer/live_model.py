@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
+from typing import Any
 
 import torch
 
@@ -62,26 +63,36 @@ class StudyLiveModel:
         return float(refusal_log_odds(logits, self.live.refusal_ids)[0])
 
     @torch.no_grad()
+    def _forward(self, ids: torch.Tensor, edits: Sequence[dict], kv_cache: dict[str, Any]) -> Any:
+        """One forward under ``edits``. The hooks live only for this call, so nothing of one
+        generation's edit is installed while another generation (the baseline) runs."""
+        with ExitStack() as stack:
+            self._edits(stack, edits)
+            return self.live.model(ids, **kv_cache)
+
+    @torch.no_grad()
     def generate(self, prompt: str, *, edits: list[dict], max_new_tokens: int) -> Iterator[str]:
-        """Stream a greedy response piece by piece (the pieces concatenate to the response)."""
-        tokenizer, model = self.live.loaded.tokenizer, self.live.model
+        """Stream a greedy response piece by piece (the pieces concatenate to the response).
+
+        Safe to interleave with other generations: no hook is installed while this generator is
+        suspended at a ``yield``, and the KV cache is this generator's own.
+        """
+        tokenizer = self.live.loaded.tokenizer
         stops = {tokenizer.eos_token_id, *self._generation_eos()}
         generated: list[int] = []
         shown = ""
-        with ExitStack() as stack:
-            self._edits(stack, edits)
-            kv_cache = kv_cache_kwargs(model)
-            output = model(self._prompt_ids(prompt), **kv_cache)
-            for _ in range(max_new_tokens):
-                token = int(output.logits[0, -1].argmax())
-                if token in stops:
-                    break
-                generated.append(token)
-                text = tokenizer.decode(generated, skip_special_tokens=True)
-                if len(text) > len(shown) and not text.endswith("\ufffd"):  # wait for whole characters
-                    yield text[len(shown):]
-                    shown = text
-                output = model(torch.tensor([[token]], device=self.live.device), **kv_cache)
+        kv_cache = kv_cache_kwargs(self.live.model)  # this generator's own, filled in place
+        output = self._forward(self._prompt_ids(prompt), edits, kv_cache)
+        for _ in range(max_new_tokens):
+            token = int(output.logits[0, -1].argmax())
+            if token in stops:
+                break
+            generated.append(token)
+            text = tokenizer.decode(generated, skip_special_tokens=True)
+            if len(text) > len(shown) and not text.endswith("\ufffd"):  # wait for whole characters
+                yield text[len(shown):]
+                shown = text
+            output = self._forward(torch.tensor([[token]], device=self.live.device), edits, kv_cache)
         text = tokenizer.decode(generated, skip_special_tokens=True)
         if len(text) > len(shown):
             yield text[len(shown):]

@@ -11,7 +11,6 @@ import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from itertools import zip_longest
 from typing import Any, Protocol, runtime_checkable
 
 from store import InputError, Study, stage_names
@@ -132,8 +131,9 @@ def live_generate(
 ) -> Iterator[tuple[str, str, str]]:
     """Stream (baseline text, edited text, status markdown) for the panel.
 
-    Both responses advance one piece at a time in turn, so they grow side by side. A bad input
-    yields a single status line and no model call.
+    The baseline is generated first and the edited response after it (never interleaved, so
+    the baseline is exactly the unedited model's). A bad input yields a single status line and
+    no model call.
     """
     try:
         prompt, tokens = check_request(prompt, max_new_tokens, limits)
@@ -151,20 +151,21 @@ def live_generate(
         yield "", "", f"⚠️ {error}"
         return
     scores = f"Refusal score: baseline **{base_score:+.3f}**, edited **{edit_score:+.3f}** (Δ {edit_score - base_score:+.3f}) · {what}"
-    baseline, edited, pieces = "", "", 0
-    yield baseline, edited, f"{scores}\n\nGenerating… 0/{tokens} steps"
-    streams = zip_longest(model.generate(prompt, edits=[], max_new_tokens=tokens),
-                          model.generate(prompt, edits=edits, max_new_tokens=tokens), fillvalue=None)
-    try:
-        for base_piece, edit_piece in streams:
-            baseline += base_piece or ""
-            edited += edit_piece or ""
-            pieces += 1
-            yield baseline, edited, f"{scores}\n\nGenerating… {min(pieces, tokens)}/{tokens} steps"
-    except InputError as error:
-        yield baseline, edited, f"{scores}\n\n⚠️ generation stopped: {error}"
-        return
-    yield baseline, edited, f"{scores}\n\nDone ({tokens} new tokens at most per response)."
+    texts = {"baseline": "", "edited": ""}
+    yield "", "", f"{scores}\n\nGenerating the baseline…"
+    # One after the other, never interleaved: the baseline runs to its end before the edited
+    # generation starts, so no edit can be in force while a baseline token is computed.
+    for side, side_edits in (("baseline", []), ("edited", edits)):
+        pieces = 0
+        try:
+            for piece in model.generate(prompt, edits=side_edits, max_new_tokens=tokens):
+                texts[side] += piece
+                pieces += 1
+                yield texts["baseline"], texts["edited"], f"{scores}\n\nGenerating the {side}… {min(pieces, tokens)}/{tokens} steps"
+        except InputError as error:
+            yield texts["baseline"], texts["edited"], f"{scores}\n\n⚠️ generation stopped: {error}"
+            return
+    yield texts["baseline"], texts["edited"], f"{scores}\n\nDone ({tokens} new tokens at most per response)."
 
 
 def open_live_model(study: Study, run: str = "default") -> LiveModel:

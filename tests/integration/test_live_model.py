@@ -66,3 +66,19 @@ def test_direction_edit_projects_the_direction_out(setup) -> None:
         baseline_score=0.0, ablated_score=0.0))
     baseline = with_direction.refusal_score(HARMFUL[0], edits=[])
     assert with_direction.refusal_score(HARMFUL[0], edits=[{"mode": "direction"}]) != pytest.approx(baseline, abs=1e-4)
+
+
+def test_interleaved_generations_do_not_share_edits(setup) -> None:
+    """Two generators advanced in turn (as a UI streaming both sides might): the baseline stays
+    the plain model's text, because no edit hook is installed while a generator is suspended."""
+    model, _ = setup
+    alone = "".join(model.generate(HARMFUL[0], edits=[], max_new_tokens=10))
+    everything = [{"layer": 1, "latents": list(range(128)), "mode": "ablate"}]
+    edited_alone = "".join(model.generate(HARMFUL[0], edits=everything, max_new_tokens=10))
+    assert edited_alone != alone  # the edit matters, so a leak would show
+    base, edited = model.generate(HARMFUL[0], edits=[], max_new_tokens=10), model.generate(HARMFUL[0], edits=everything, max_new_tokens=10)
+    texts = ["", ""]
+    for _ in range(40):
+        for side, stream in enumerate((base, edited)):
+            texts[side] += next(stream, "")
+    assert texts == [alone, edited_alone]

@@ -79,8 +79,11 @@ def test_live_generate_streams_both_sides(study: Study, fake_model: FakeLiveMode
     assert baseline == "I'm sorry, I can't" and edited == "Sure, here is how"
     assert "baseline **+1.750**, edited **-2.500**" in status and "layer 6 latents [3, 17] ablated" in status
     growing = [(len(b), len(e)) for b, e, _ in frames]
-    assert growing == sorted(growing) and any(0 < b < len(baseline) and 0 < e < len(edited) for b, e in growing)
-    assert frames[0][2].startswith("Scoring") and "Generating… 2/4 steps" in frames[3][2]
+    assert growing == sorted(growing) and any(0 < b < len(baseline) for b, _ in growing)
+    # one after the other, never interleaved: the edited side starts once the baseline is whole
+    assert all(e == 0 for b, e in growing if b < len(baseline)) and any(0 < e < len(edited) for _, e in growing)
+    assert frames[0][2].startswith("Scoring") and "Generating the baseline… 2/4 steps" in frames[3][2]
+    assert any("Generating the edited… 2/4 steps" in status for _, _, status in frames)
     edits = [call[2] for call in fake_model.calls]
     assert edits.count([]) == 2 and [{"layer": 6, "latents": [3, 17], "mode": "ablate", "value": 0.0}] in edits
 
