@@ -20,6 +20,7 @@ import click
 import gradio as gr
 
 from explorer.browse import FEATURE_COLUMNS
+from explorer.filters import FEATURES, PROMPTS
 from explorer.cli.options import ConfigOptions
 from explorer.cli.output import one_line_errors
 from explorer.cli.shell import CONTEXT, run_standalone
@@ -61,6 +62,8 @@ def _features_tab(ctx: WebContext) -> None:
         descending = gr.Checkbox(value=True, label="Descending", scale=1)
         page_no = gr.Number(value=1, label="Page", precision=0, minimum=1, scale=1)
     status_md = gr.Markdown(status, elem_id="feature-status")
+    with gr.Accordion("Columns and filter syntax", open=False):
+        gr.Markdown(FEATURES.legend_markdown(), elem_id="feature-legend")
     table = gr.Dataframe(page, interactive=False, max_height=420, elem_id="feature-table", label="Latents (click a row)")
     with gr.Row():
         latent = gr.Number(value=first, label="Latent", precision=0, minimum=0, elem_id="feature-latent")
@@ -96,10 +99,13 @@ def _prompts_tab(ctx: WebContext) -> None:
     start_prompt = int(ctx.greedy.prompt[0]) if ctx.greedy is not None and len(ctx.greedy.prompt) else 0
     shown = prompts.prompt_explore(ctx, start_prompt, ctx.layer, "latent", start_latent)
     with gr.Row():
-        query = gr.Textbox(label="Find prompts containing", scale=4, elem_id="prompt-query")
+        query = gr.Textbox(label="Filter (words search the text)", placeholder="e.g. refused   refusal_score>1   bomb",
+                           scale=4, elem_id="prompt-query")
         label = gr.Dropdown(labels, value="all", label="Label", scale=1)
         page_no = gr.Number(value=1, label="Page", precision=0, minimum=1, scale=1)
     status_md = gr.Markdown(status, elem_id="prompt-status")
+    with gr.Accordion("Columns and filter syntax", open=False):
+        gr.Markdown(PROMPTS.legend_markdown(), elem_id="prompt-legend")
     table = gr.Dataframe(page, interactive=False, max_height=300, elem_id="prompt-table", label="Prompts (click a row)")
     with gr.Row():
         index = gr.Number(value=start_prompt, label="Prompt", precision=0, minimum=0, elem_id="prompt-index")

@@ -8,65 +8,73 @@ with millions of tokens and 100k+ latents.
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 
 import numpy as np
 
+from explorer import filters
 from explorer.results import RESULT_TYPES, CandidateResult, DormantResult, FMResult, GreedyResult, StageResult
 from store import LayerCodes, Study
 
 T = TypeVar("T")
 R = TypeVar("R", bound=StageResult)
 
-FEATURE_COLUMNS = (
-    "latent", "cosine", "attribution", "freq_harmful", "freq_harmless", "freq_diff", "max_active",
-    "minimal_sets", "fm_weight", "fm_interaction", "dormant",
-)
+FEATURE_COLUMNS = filters.FEATURES.names
+PROMPT_COLUMNS = filters.PROMPTS.names
 
 
 @dataclass(frozen=True)
-class FeatureTable:
-    """One row per latent of a layer; columns are arrays of length d_sae (NaN where not analysed)."""
+class Table:
+    """Columns of equal length (NaN where not analysed), filtered in the one filter language
+    (``explorer.filters``) under the same names the viewers put in their headers."""
 
-    layer: int
     columns: dict[str, np.ndarray]
+    spec: ClassVar[filters.TableSpec]
 
     def __len__(self) -> int:
-        return len(self.columns["latent"])
+        return len(next(iter(self.columns.values())))
 
     def order(self, column: str, *, descending: bool = True, rows: np.ndarray | None = None) -> np.ndarray:
         """Row indices sorted by a column (NaN last), optionally within a subset of rows."""
+        filters.check_sort(self.spec, column)
         rows = np.arange(len(self)) if rows is None else rows
-        values = self.columns[column][rows].astype(np.float64)
+        values = self.columns[column][rows]
+        if values.dtype.kind in "USO":
+            key = np.argsort(values.astype(str), kind="stable")
+            return rows[key[::-1]] if descending else rows[key]
+        values = values.astype(np.float64)
         key = np.where(np.isnan(values), np.inf, -values if descending else values)
         return rows[np.argsort(key, kind="stable")]
 
     def filter(self, query: str) -> np.ndarray:
-        """Rows matching a query: latent ids/prefixes, flags (dormant, minimal, fm) and
-        comparisons such as ``cosine>0.2`` or ``freq_diff>=0.1``, all of which must hold."""
-        mask = np.ones(len(self), bool)
-        for term in query.lower().split():
-            comparison = re.fullmatch(r"([a-z_]+)(>=|<=|>|<|=)(-?[\d.]+)", term)
-            if comparison and comparison[1] in self.columns:
-                values, op, bound = self.columns[comparison[1]].astype(np.float64), comparison[2], float(comparison[3])
-                with np.errstate(invalid="ignore"):
-                    mask &= {">": values > bound, "<": values < bound, ">=": values >= bound,
-                             "<=": values <= bound, "=": values == bound}[op]
-            elif term == "dormant":
-                mask &= self.columns["dormant"] > 0
-            elif term in ("minimal", "min"):
-                mask &= self.columns["minimal_sets"] > 0
-            elif term == "fm":
-                mask &= ~np.isnan(self.columns["fm_weight"])
-            elif term.isdigit():
-                mask &= np.char.startswith(self.columns["latent"].astype(str), term)
-            else:
-                mask &= False
-        return np.flatnonzero(mask)
+        """Rows matching every term of the query (see ``explorer.filters``); InputError naming
+        an unknown column or word."""
+        return self.spec.filter(query, self.columns, len(self))
+
+
+@dataclass(frozen=True)
+class FeatureTable(Table):
+    """One row per latent of a layer; columns are arrays of length d_sae."""
+
+    layer: int = -1
+    spec: ClassVar[filters.TableSpec] = filters.FEATURES
+
+
+@dataclass(frozen=True)
+class PromptTable(Table):
+    """One row per committed prompt, for the prompt lists."""
+
+    spec: ClassVar[filters.TableSpec] = filters.PROMPTS
+
+
+def prompt_table(study: Study) -> PromptTable:
+    return PromptTable(columns={
+        "prompt": np.arange(study.n_prompts), "label": study.labels, "refusal_score": study.column("refusal_score"),
+        "refused": study.column("refused"), "tokens": np.diff(study.token_offsets), "text": study.column("text"),
+    })
 
 
 def feature_table(study: Study, layer: int, run: str = "default") -> FeatureTable:
@@ -102,7 +110,7 @@ def feature_table(study: Study, layer: int, run: str = "default") -> FeatureTabl
     dormant = DormantResult.load(study, run)
     if dormant is not None:
         columns["dormant"][dormant.latent[dormant.layer == layer]] = 1
-    return FeatureTable(layer=layer, columns=columns)
+    return FeatureTable(columns=columns, layer=layer)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 
 from refusal_tui.data import StudyData
+from refusal_tui.messages import OpenLatent, OpenPrompt
 from refusal_tui.screens.detail import DetailView, FeatureDetailScreen, read_detail
 from refusal_tui.screens.dialogs import AskNumber, HelpScreen
 from refusal_tui.screens.dormant import DormantScreen
@@ -55,7 +56,13 @@ class RefusalApp(App[None]):
     def on_unmount(self) -> None:
         self.data.study.close()
 
-    # --- navigation used by every screen ------------------------------------------------
+    # --- navigation: screens post OpenLatent / OpenPrompt ---------------------------------
+    def on_open_latent(self, message: OpenLatent) -> None:
+        self.open_latent(message.latent, message.layer)
+
+    def on_open_prompt(self, message: OpenPrompt) -> None:
+        self.open_prompt(message.index, latent=message.latent, layer=message.layer)
+
     def open_latent(self, latent: int, layer: int | None = None) -> None:
         layer = self.data.layer if layer is None else layer
         if layer not in self.data.layers_with_codes:

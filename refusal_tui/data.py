@@ -7,9 +7,7 @@ the file internally; the lock here only guards the cache dictionary.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
@@ -19,54 +17,6 @@ from explorer.results import CandidateResult, DirectionResult, DormantResult, FM
 from store import InputError, LayerCodes, Study
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class PromptTable:
-    """One row per committed prompt, for the prompt list."""
-
-    index: np.ndarray  # int [n]
-    label: np.ndarray  # str [n]
-    score: np.ndarray  # float32 [n]: fast refusal score
-    refused: np.ndarray  # int8 [n]: 1 refused, 0 complied, -1 not generated
-    n_tokens: np.ndarray  # int [n]
-    text: np.ndarray  # str [n]
-
-    COLUMNS = ("index", "label", "score", "refused", "n_tokens", "text")
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def order(self, column: str, *, descending: bool = True, rows: np.ndarray | None = None) -> np.ndarray:
-        rows = np.arange(len(self)) if rows is None else rows
-        values = getattr(self, column)[rows]
-        if values.dtype.kind in "US":
-            key = np.argsort(values, kind="stable")
-            return rows[key[::-1]] if descending else rows[key]
-        key = -values.astype(np.float64) if descending else values.astype(np.float64)
-        return rows[np.argsort(key, kind="stable")]
-
-    def filter(self, query: str) -> np.ndarray:
-        """Rows matching every term: a label, ``refused``/``complied``, ``score>1.5``,
-        ``tokens<40``, ``#12`` (index prefix) or any other word (case-insensitive text search)."""
-        mask = np.ones(len(self), bool)
-        labels = {str(label).lower() for label in np.unique(self.label)}
-        for term in query.lower().split():
-            comparison = re.fullmatch(r"(score|tokens)(>=|<=|>|<|=)(-?[\d.]+)", term)
-            if comparison:
-                values = (self.score if comparison[1] == "score" else self.n_tokens).astype(np.float64)
-                bound = float(comparison[3])
-                mask &= {">": values > bound, "<": values < bound, ">=": values >= bound,
-                         "<=": values <= bound, "=": values == bound}[comparison[2]]
-            elif term in labels:
-                mask &= np.char.lower(self.label.astype(str)) == term
-            elif term in ("refused", "complied"):
-                mask &= self.refused == (1 if term == "refused" else 0)
-            elif term.startswith("#") and term[1:].isdigit():
-                mask &= np.char.startswith(self.index.astype(str), term[1:])
-            else:
-                mask &= np.char.find(np.char.lower(self.text.astype(str)), term) >= 0
-        return np.flatnonzero(mask)
 
 
 class StudyData:
@@ -150,14 +100,8 @@ class StudyData:
     def d_sae(self, layer: int) -> int:
         return int(self.study.meta.saes.get(layer, {}).get("d_sae") or self.study.codes(layer).d_sae)
 
-    def prompt_table(self) -> PromptTable:
-        def build() -> PromptTable:
-            study = self.study
-            return PromptTable(
-                index=np.arange(study.n_prompts), label=study.labels, score=study.column("refusal_score"),
-                refused=study.column("refused"), n_tokens=np.diff(study.token_offsets), text=study.column("text"),
-            )
-        return self.cached("prompts", build)
+    def prompt_table(self) -> browse.PromptTable:
+        return self.cached("prompts", lambda: browse.prompt_table(self.study))
 
     def prompt_view(self, index: int, latent: int | None, layer: int | None = None) -> browse.PromptView:
         layer = self.layer if layer is None else layer

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from explorer.browse import FeatureTable, StudyBrowser, analyses_present, feature_table
+from explorer.browse import FeatureTable, PromptTable, StudyBrowser, analyses_present, feature_table, prompt_table
 from explorer.results import CandidateResult, DirectionResult, DormantResult, ExperimentResult, FMResult, GreedyResult
 from store import InputError, Study
 
@@ -41,7 +41,7 @@ class WebContext:
     page_size: int = 50
     _tables: dict[int, FeatureTable] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    _texts: np.ndarray | None = None
+    _prompts: PromptTable | None = None
 
     @property
     def layer(self) -> int | None:
@@ -54,12 +54,16 @@ class WebContext:
                 self._tables[layer] = feature_table(self.study, layer, self.run)
             return self._tables[layer]
 
-    def texts(self) -> np.ndarray:
-        """Every prompt's text (for the prompt search), read once."""
+    def prompts(self) -> PromptTable:
+        """The prompt table (the prompt search filters it), read once."""
         with self._lock:
-            if self._texts is None:
-                self._texts = self.study.column("text")
-            return self._texts
+            if self._prompts is None:
+                self._prompts = prompt_table(self.study)
+            return self._prompts
+
+    def texts(self) -> np.ndarray:
+        """Every prompt's text."""
+        return self.prompts().columns["text"]
 
     def pick_layer(self, layer: object) -> int:
         """The layer a view asked for (the default when empty), if it has SAE codes."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from explorer.browse import prompt_view
+from explorer.browse import PROMPT_COLUMNS, prompt_view
 from refusal_web.context import WebContext, page_of, whole_number
 from refusal_web.render import markdown_table, show_token
 from refusal_web.views import rounded
@@ -22,25 +22,23 @@ TOP_LATENTS = 15
 
 
 def prompt_page(ctx: WebContext, query: str, label: str, page: object) -> tuple[pd.DataFrame, str, int]:
-    """Prompts whose text contains ``query`` (case-insensitive), one page, a status line, page shown."""
-    texts = ctx.texts()
-    mask = np.ones(len(texts), bool)
-    if label and label != "all":
-        mask &= ctx.study.labels == label
-    if query and query.strip():
-        mask &= np.char.find(np.char.lower(texts.astype(str)), query.strip().lower()) >= 0
-    rows = np.flatnonzero(mask)
+    """Prompts matching ``query`` in the shared filter language (``explorer.filters.PROMPTS``:
+    any other word searches the text), one page, a status line, the page shown."""
+    empty = pd.DataFrame({name: [] for name in PROMPT_COLUMNS})
+    table = ctx.prompts()
     try:
+        rows = table.filter(((f"label={label} " if label and label != "all" else "") + (query or "")).strip())
         number = whole_number(page or 1, "page")
     except InputError as error:
-        return pd.DataFrame({"prompt": []}), f"⚠️ {error}", 1
+        return empty, f"⚠️ {error}", 1
     shown, number, pages = page_of(rows, number, ctx.page_size)
-    scores = ctx.study.column("refusal_score")
+    columns = table.columns
     frame = pd.DataFrame({
-        "prompt": shown, "label": ctx.study.labels[shown], "refusal_score": rounded(scores[shown]),
-        "text": [text if len(text) <= 100 else text[:99] + "…" for text in texts[shown]],
+        "prompt": shown, "label": columns["label"][shown], "refusal_score": rounded(columns["refusal_score"][shown]),
+        "refused": columns["refused"][shown], "tokens": columns["tokens"][shown],
+        "text": [text if len(text) <= 100 else text[:99] + "…" for text in columns["text"][shown].astype(str)],
     })
-    return frame, f"{len(rows):,} of {len(texts):,} prompts · page {number} of {pages}", number
+    return frame, f"{len(rows):,} of {len(table):,} prompts · page {number} of {pages}", number
 
 
 def prompt_search(ctx: WebContext, query: str, label: str) -> tuple[pd.DataFrame, str, int]:

@@ -17,6 +17,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from explorer.browse import FEATURE_COLUMNS
+from explorer.filters import FEATURES, check_sort
 from refusal_web import plots
 from refusal_web.context import WebContext, page_of, whole_number
 from refusal_web.render import examples_html, markdown_table, token_list
@@ -79,8 +80,7 @@ def overview(ctx: WebContext) -> tuple[str, go.Figure | None]:
 
 def _feature_rows(ctx: WebContext, layer: int, query: str, sort: str, descending: bool) -> np.ndarray:
     table = ctx.table(layer)
-    if sort not in FEATURE_COLUMNS:
-        raise InputError(f"cannot sort by {sort!r}; choose one of {', '.join(FEATURE_COLUMNS)}")
+    check_sort(FEATURES, sort)
     rows = table.filter(query or "")
     return table.order(sort, descending=bool(descending), rows=rows)
 
@@ -98,8 +98,8 @@ def feature_page(ctx: WebContext, layer: object, query: str, sort: str, descendi
     frame = _frame({name: table.columns[name][shown] for name in FEATURE_COLUMNS})
     status = f"{len(rows):,} of {len(table):,} latents match · page {number} of {pages} · sorted by {sort}"
     if not len(rows):
-        status = (f"No latent matches `{query}`. Try an id or prefix (`101`), a flag (`dormant`, `minimal`, `fm`) "
-                  "or a comparison (`cosine>0.2`, `freq_diff>=0.1`); all terms must hold.")
+        status = (f"No latent matches `{query}`: every term must hold. The columns and words are listed under "
+                  "“Columns and filter syntax”.")
     return frame, status, number
 
 

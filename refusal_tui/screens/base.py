@@ -8,7 +8,7 @@ the view's body by one line saying what to run, instead of a traceback.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast
 
 from rich.text import Text
 from textual import work
@@ -19,6 +19,7 @@ from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import Static
 
+from refusal_tui.messages import OpenLatent, OpenPrompt
 from refusal_tui.widgets import KeyBar, NavBar
 from store import InputError
 
@@ -27,6 +28,12 @@ if TYPE_CHECKING:
 
 
 SPINNER_DELAY_S = 0.25
+
+
+class StudyApp(Protocol):
+    """What a screen reads from its app: the open study (the app handles OpenLatent/OpenPrompt)."""
+
+    data: StudyData
 
 
 class MissingData(Exception):
@@ -38,14 +45,30 @@ class StudyScreen(Screen):
 
     NAV: ClassVar[str | None] = None  # which tab of the navigation bar is this view
     _spinner: Timer | None = None
+    shown_once = False  # show() has run: errors from then on go above the body, not instead of it
 
     @property
     def data(self) -> StudyData:
-        return self.app.data  # type: ignore[attr-defined]
+        return cast(StudyApp, self.app).data
+
+    def open_latent(self, latent: int, layer: int | None = None) -> None:
+        self.post_message(OpenLatent(latent, layer))
+
+    def open_prompt(self, index: int, *, latent: int | None = None, layer: int | None = None) -> None:
+        self.post_message(OpenPrompt(index, latent=latent, layer=layer))
+
+    def action_show_latent(self, latent: int, layer: int | None = None) -> None:
+        """Target of ``[@click=screen.show_latent(id,layer)]`` links."""
+        self.open_latent(int(latent), None if layer is None else int(layer))
+
+    def action_show_prompt(self, index: int, latent: int | None = None, layer: int | None = None) -> None:
+        """Target of ``[@click=screen.show_prompt(index,latent,layer)]`` links."""
+        self.open_prompt(int(index), latent=None if latent is None else int(latent), layer=None if layer is None else int(layer))
 
     def compose(self) -> ComposeResult:
         run = "" if self.data.run == "default" else f" · run {self.data.run}"
-        yield NavBar(self.NAV, f"{self.data.study.path.name}{run}")
+        # A screen pushed on a view (a latent, a prompt) keeps that view's tab lit: you are still in it.
+        yield NavBar(self.NAV or self.app.current_mode, f"{self.data.study.path.name}{run}")
         yield Static("", id="notice", classes="notice")
         with Container(id="body"):
             yield from self.compose_body()
@@ -65,6 +88,7 @@ class StudyScreen(Screen):
         # Shown as it mounts, so the first paint already has the data: one layout, not two.
         prefetched, self._prefetched = self._prefetched, None
         self.show(prefetched)
+        self.shown_once = True
 
     def reload(self) -> None:
         self.query_one("#notice").display = False
@@ -106,6 +130,8 @@ class StudyScreen(Screen):
             try:
                 self._hide_spinner()
                 callback(value)
+                if callback == self.show:
+                    self.shown_once = True
             except NoMatches as error:  # popped and being torn down: its widgets are going
                 self.log.warning(f"{type(self).__name__}: result dropped ({error})")
 
@@ -122,7 +148,9 @@ class StudyScreen(Screen):
         """Display ``fetch``'s result (event loop)."""
 
     def show_notice(self, message: str) -> None:
+        """A study error: in place of the body when the view has nothing to show yet, else as a
+        line above what it shows (a bad latent id in a prompt view keeps the prompt)."""
         notice = self.query_one("#notice", Static)
         notice.update(Text(message))  # not markup: paths and commands may hold brackets
         notice.display = True
-        self.query_one("#body").display = False
+        self.query_one("#body").display = self.shown_once

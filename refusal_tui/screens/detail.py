@@ -73,7 +73,7 @@ class FeatureDetailScreen(StudyScreen):
 
     @on(ExampleList.Chosen)
     def _open_example(self, event: ExampleList.Chosen) -> None:
-        self.app.open_prompt(event.prompt, latent=self.latent, layer=self.sae_layer)  # type: ignore[attr-defined]
+        self.open_prompt(event.prompt, latent=self.latent, layer=self.sae_layer)
 
     def action_step_next(self) -> None:
         self.step(1)
@@ -143,7 +143,7 @@ def links_markup(detail: FeatureDetail) -> str:
     """FM partners and minimal sets, as clickable links (numbers only, so no markup escaping)."""
     lines = ["[b]Strongest FM partners[/b] ⟨vᵢ,vⱼ⟩"]
     if detail.fm_partners:
-        lines += [f"  [@click=app.open_latent({latent},{detail.layer})]{latent:>6}[/]  {value:+.3f}"
+        lines += [f"  [@click=screen.show_latent({latent},{detail.layer})]{latent:>6}[/]  {value:+.3f}"
                   for latent, value in detail.fm_partners]
     else:
         lines.append("  [i]not in the FM (refusal-explorer analyze fm)[/i]")

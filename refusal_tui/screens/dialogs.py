@@ -9,7 +9,9 @@ from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Input, Static
 
-HELP = """\
+from explorer.filters import FEATURES, PROMPTS
+
+HELP_TEMPLATE = """\
 # Refusal Explorer — keys
 
 | Key | Anywhere |
@@ -25,13 +27,11 @@ HELP = """\
 | `/` | type a filter (incremental); `enter` on a bare number opens it |
 | `s` / `r` | sort by the next column / reverse (or click a header) |
 | `↑↓ pgup pgdn home end` | move through every row (the table holds a window of them) |
-| `enter` | open the row · `L` next layer with SAE codes |
+| `enter` | open the row · `L` next layer with SAE codes · `e` export the rows shown to CSV |
 
-**Feature filter**: all terms must hold — `12` (id prefix), `cosine>0.2`, `freq_diff>=0.1`,
-`attribution<0`, any column with `> >= < <= =`, and the flags `minimal`, `fm`, `dormant`.
+{features}
 
-**Prompt filter**: `harmful`, `harmless`, `refused`, `complied`, `score>1`, `tokens<40`,
-`#12` (index prefix), any other word searches the text.
+{prompts}
 
 | Key | Feature detail |
 |---|---|
@@ -49,6 +49,11 @@ HELP = """\
 
 Views whose analysis has not been run say which `refusal-explorer analyze …` command produces it.
 """
+
+HELP = HELP_TEMPLATE.format(
+    features="## Feature table: columns and filter\n\n" + FEATURES.legend_markdown().replace("Filter:", "**Feature filter**:"),
+    prompts="## Prompt table: columns and filter\n\n" + PROMPTS.legend_markdown().replace("Filter:", "**Prompt filter**:"),
+)
 
 
 class HelpScreen(ModalScreen[None]):

@@ -65,7 +65,7 @@ class DormantScreen(StudyScreen):
         if self.result is None or event.row_key.value is None:
             return
         i = int(event.row_key.value)
-        self.app.open_latent(int(self.result.latent[i]), int(self.result.layer[i]))  # type: ignore[attr-defined]
+        self.open_latent(int(self.result.latent[i]), int(self.result.layer[i]))
 
 
 def head_text(result: DormantResult) -> Text:

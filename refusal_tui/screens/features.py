@@ -9,6 +9,7 @@ from rich.text import Text
 from textual.binding import Binding
 
 from explorer.browse import FeatureTable
+from explorer.filters import FEATURES
 from refusal_tui.render import number
 
 
@@ -16,7 +17,7 @@ def cell(value: float, spec: str) -> Text:
     return Text(number(value, spec), justify="right")
 from refusal_tui.screens.table import TableScreen
 
-FILTER_HELP = "filter: 12 (id prefix) · cosine>0.2 · freq_diff>=0.1 · minimal · fm · dormant   (/ to type)"
+FILTER_HELP = "filter: 12 (id prefix) · cos>0.2 · diff>=0.1 · minimal · fm · dormant · ? lists every column"
 
 
 class FeaturesScreen(TableScreen):
@@ -26,12 +27,9 @@ class FeaturesScreen(TableScreen):
     BINDINGS = [Binding("L", "next_layer", "Layer")]
     RIGHT = frozenset({"latent", "cosine", "attribution", "freq_harmful", "freq_harmless", "freq_diff", "max_active",
                        "minimal_sets", "fm_weight", "fm_interaction"})
-    COLUMNS = (
-        ("latent", "latent", 6), ("cosine", "cos", 6), ("attribution", "attr", 6),
-        ("freq_harmful", "harm", 5), ("freq_harmless", "hless", 5), ("freq_diff", "diff", 5),
-        ("max_active", "max", 5), ("minimal_sets", "sets", 4), ("fm_weight", "fm_w", 5),
-        ("fm_interaction", "fm_i", 4), ("dormant", "dorm", 4),
-    )
+    # Headers are names the filter takes (explorer.filters.FEATURES: short ones, to fit 80 columns).
+    COLUMNS = tuple((column.name, column.header, 5) for column in FEATURES.columns)
+    SPEC = FEATURES
 
     def __init__(self) -> None:
         super().__init__()
@@ -62,11 +60,11 @@ class FeaturesScreen(TableScreen):
         )
 
     def open_row(self, row: int) -> None:
-        self.app.open_latent(row, self.data.layer)  # type: ignore[attr-defined]
+        self.open_latent(row, self.data.layer)
 
     def submit_filter(self, value: str) -> None:
         if value.isdigit():  # Enter on a bare id jumps to that latent
-            self.app.open_latent(int(value), self.data.layer)  # type: ignore[attr-defined]
+            self.open_latent(int(value), self.data.layer)
         else:
             super().submit_filter(value)
 

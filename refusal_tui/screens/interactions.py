@@ -101,7 +101,7 @@ class InteractionsScreen(StudyScreen):
     def _selected(self, event: DataTable.CellSelected) -> None:
         if self.grid is not None:
             latent = int(self.grid.fm.latents[self.grid.rows[event.coordinate.row]])
-            self.app.open_latent(latent, self.grid.fm.layer)  # type: ignore[attr-defined]
+            self.open_latent(latent, self.grid.fm.layer)
 
 
 def head_text(fm: FMResult) -> Text:

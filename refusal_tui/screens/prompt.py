@@ -113,10 +113,16 @@ class PromptScreen(StudyScreen):
 
     def action_choose_latent(self) -> None:
         def chosen(value: int | None) -> None:
-            if value is not None:
-                self.latent, self.by_direction = value, False
-                self.sae_layer = self.sae_layer if self.sae_layer is not None else self.data.layer
-                self.reload()
+            if value is None:
+                return
+            layer = self.sae_layer if self.sae_layer is not None else self.data.layer
+            d_sae = self.data.d_sae(layer) if layer in self.data.layers_with_codes else 0
+            if not 0 <= value < d_sae:  # said above the prompt, which stays as it was
+                self.show_notice(f"Latent {value} is out of range: layer {layer} has {d_sae:,} latents." if d_sae else
+                                 f"Layer {layer} has no SAE codes in this study.")
+                return
+            self.latent, self.by_direction, self.sae_layer = value, False, layer
+            self.reload()
 
         self.app.push_screen(AskNumber("Colour the tokens by latent:", self.latent), chosen)
 

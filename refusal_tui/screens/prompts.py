@@ -6,10 +6,11 @@ from collections.abc import Sequence
 
 from rich.text import Text
 
-from refusal_tui.data import PromptTable
+from explorer.browse import PromptTable
+from explorer.filters import PROMPTS
 from refusal_tui.screens.table import TableScreen
 
-FILTER_HELP = "filter: harmful · refused · complied · score>1 · tokens<40 · #12 · any word   (/ to type)"
+FILTER_HELP = "filter: harmful · refused · score>1 · toks<40 · #12 · any word · ? lists every column"
 TEXT_WIDTH = 60  # at most; narrower terminals get what is left after the other columns
 
 
@@ -17,17 +18,16 @@ class PromptsScreen(TableScreen):
     NAV = "prompts"
     NOUN = "prompts"
     PLACEHOLDER = FILTER_HELP
-    COLUMNS = (
-        ("index", "#", 6), ("label", "label", 8), ("score", "score", 6), ("refused", "gen", 4),
-        ("n_tokens", "toks", 4), ("text", "text", TEXT_WIDTH),
-    )
-
-    RIGHT = frozenset({"index", "score", "n_tokens"})
+    # Headers are names the filter takes (explorer.filters.PROMPTS: short ones, to fit 80 columns).
+    COLUMNS = tuple((column.name, column.header, {"label": 8, "text": TEXT_WIDTH}.get(column.name, 5))
+                    for column in PROMPTS.columns)
+    SPEC = PROMPTS
+    RIGHT = frozenset({"prompt", "refusal_score", "refused", "tokens"})
 
     def column_width(self, key: str, width: int) -> int:
         if key != "text":
             return width
-        self.text_width = max(16, min(TEXT_WIDTH, self.size.width - 46))
+        self.text_width = max(16, min(TEXT_WIDTH, self.size.width - 48))
         return self.text_width
 
     text_width = TEXT_WIDTH
@@ -36,25 +36,24 @@ class PromptsScreen(TableScreen):
         return self.data.prompt_table()
 
     def render_row(self, row: int) -> Sequence[object]:
-        t = self.table
-        label = str(t.label[row])
-        refused = int(t.refused[row])
-        outcome = (Text("ref", style="red") if refused == 1 else Text("ok", style="green") if refused == 0
-                   else Text("·", style="dim"))
-        text = str(t.text[row]).replace("\n", " ")
+        c = self.table.columns
+        label = str(c["label"][row])
+        refused = int(c["refused"][row])
+        outcome = Text(str(refused), style={1: "red", 0: "green"}.get(refused, "dim"), justify="right")
+        text = str(c["text"][row]).replace("\n", " ")
         return (
             Text(str(row), style="bold", justify="right"),
             Text(label, style="red" if label == "harmful" else "green" if label == "harmless" else ""),
-            Text(f"{float(t.score[row]):+.2f}", justify="right"), outcome,
-            Text(str(int(t.n_tokens[row])), justify="right"),
+            Text(f"{float(c['refusal_score'][row]):+.2f}", justify="right"), outcome,
+            Text(str(int(c["tokens"][row])), justify="right"),
             text if len(text) <= self.text_width else text[: self.text_width - 1] + "…",
         )
 
     def open_row(self, row: int) -> None:
-        self.app.open_prompt(row)  # type: ignore[attr-defined]
+        self.open_prompt(row)
 
     def submit_filter(self, value: str) -> None:
         if value.isdigit():  # Enter on a bare number opens that prompt
-            self.app.open_prompt(int(value))  # type: ignore[attr-defined]
+            self.open_prompt(int(value))
         else:
             super().submit_filter(value)

@@ -67,14 +67,13 @@ class SetsScreen(StudyScreen):
 
     def open_set(self, s: int) -> None:
         if self.greedy is not None and 0 <= s < len(self.greedy.prompt):
-            self.app.open_prompt(int(self.greedy.prompt[s]), latent=int(self.greedy.latents_of(s)[0]),  # type: ignore[attr-defined]
-                                 layer=self.greedy.layer)
+            self.open_prompt(int(self.greedy.prompt[s]), latent=int(self.greedy.latents_of(s)[0]), layer=self.greedy.layer)
 
     def show_set(self, s: int) -> None:
         greedy = self.greedy
         if greedy is None or not 0 <= s < len(greedy.prompt):
             return
-        links = " ".join(f"[@click=app.open_latent({int(latent)},{greedy.layer})]{int(latent)}[/]"
+        links = " ".join(f"[@click=screen.show_latent({int(latent)},{greedy.layer})]{int(latent)}[/]"
                          for latent in greedy.latents_of(s))
         self.query_one("#sets-latents", Static).update(f"[b]Set #{s}[/b] on prompt {int(greedy.prompt[s])}: {links}")
         sizes, scores, removed = greedy.trajectory_of(s)

@@ -6,7 +6,9 @@ result is put in the DataTable (``PagedTable``), so 130k rows stay fluid.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import csv
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -20,6 +22,7 @@ from textual.worker import get_current_worker
 
 from refusal_tui.screens.base import StudyScreen
 from refusal_tui.widgets import PagedTable
+from store import InputError
 
 FILTER_DELAY_S = 0.12  # wait for a pause in typing before filtering again
 
@@ -33,6 +36,7 @@ class TableScreen(StudyScreen):
         Binding("s", "sort_next", "Sort"),
         Binding("r", "reverse", "Reverse"),
         Binding("escape", "focus_table", "To table", show=False),
+        Binding("e", "export_csv", "CSV"),
     ]
     AUTO_FOCUS = "#table"
     COLUMNS: ClassVar[tuple[tuple[str, str, int], ...]] = ()  # (column key, label, width)
@@ -46,6 +50,7 @@ class TableScreen(StudyScreen):
         self.sort_column = self.COLUMNS[0][0]
         self.descending = False
         self.query_text = ""
+        self.filter_error = ""
         self._timer: Timer | None = None
 
     def compose_body(self) -> ComposeResult:
@@ -80,10 +85,19 @@ class TableScreen(StudyScreen):
 
     @work(thread=True, exclusive=True, group="order", description="filter and sort")
     def _recompute(self, table: Any, query: str, column: str, descending: bool) -> None:
-        rows = table.filter(query) if query.strip() else None
+        try:
+            rows = table.filter(query) if query.strip() else None
+        except InputError as error:  # an unknown column or word: said under the filter, the table stays
+            if not get_current_worker().is_cancelled:
+                self.deliver(self._show_filter_error, str(error))
+            return
         order = table.order(column, descending=descending, rows=rows)
         if not get_current_worker().is_cancelled:
             self.deliver(self._show_order, order)
+
+    def _show_filter_error(self, message: str) -> None:
+        self.filter_error = message
+        self.query_one("#table-status", Static).update(Text(f"⚠ {message}", style="bold red"))
 
     def _show_order(self, order: np.ndarray) -> None:
         columns = []
@@ -92,11 +106,14 @@ class TableScreen(StudyScreen):
                 label = f"{label}{'↓' if self.descending else '↑'}"
             width = max(self.column_width(key, width), len(label))
             columns.append((key, Text(label, justify="right" if key in self.RIGHT else "left"), width))
+        self.filter_error = ""
         self.grid.set_columns(columns)
         self.grid.show_rows(order, self.render_row)
         self.update_status()
 
     def update_status(self) -> None:
+        if self.filter_error:
+            return
         grid, total = self.grid, len(self.table) if self.table is not None else 0
         shown = len(grid.order)
         parts = [self.heading(), f"{total:,} {self.NOUN}"]
@@ -147,8 +164,41 @@ class TableScreen(StudyScreen):
     def action_reverse(self) -> None:
         self.sort_by(self.sort_column, not self.descending)
 
+    def action_export_csv(self) -> None:
+        """Write the rows shown (filtered, in the current order) with every column to a CSV
+        file in the working directory."""
+        if self.table is None:
+            return
+        order = np.asarray(self.grid.order)
+        stem = f"{self.data.study.path.stem}-{self.NOUN}"
+        self._export(self.table, order, stem)
+
+    @work(thread=True, exclusive=True, group="export", description="export CSV")
+    def _export(self, table: Any, order: np.ndarray, stem: str) -> None:
+        path = Path.cwd() / f"{stem}.csv"
+        counter = 1
+        while path.exists():
+            counter += 1
+            path = Path.cwd() / f"{stem}-{counter}.csv"
+        try:
+            write_csv(path, {name: table.columns[name] for name in table.spec.names}, order)
+        except OSError as error:
+            self.app.call_from_thread(self.notify, f"Could not write {path}: {error}", severity="error")
+            return
+        self.app.call_from_thread(self.notify, f"Wrote {len(order):,} {self.NOUN} to {path}")
+
     def action_focus_filter(self) -> None:
         self.query_one("#filter", Input).focus()
 
     def action_focus_table(self) -> None:
         self.grid.focus()
+
+
+def write_csv(path: Path, columns: Mapping[str, np.ndarray], order: np.ndarray) -> None:
+    """Every column, rows in ``order``; floats as written by Python (round-trips exactly)."""
+    names = list(columns)
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(names)
+        data = [np.asarray(columns[name])[order].tolist() for name in names]
+        writer.writerows(zip(*data))

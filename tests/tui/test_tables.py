@@ -81,7 +81,13 @@ async def test_incremental_filter_flags_ids_and_comparisons(study_path: Path) ->
         await settle(pilot, app, delay=TYPE_DELAY)
         cosine, diff = table.columns["cosine"], table.columns["freq_diff"]
         assert set(screen.grid.order.tolist()) == set(np.flatnonzero((cosine > 0.3) & (diff > 0)).tolist())
+        kept = screen.grid.order.copy()
         filter_input.value = "no-such-thing"
+        await settle(pilot, app, delay=TYPE_DELAY)
+        # a typo is said under the filter; the rows of the last valid filter stay
+        assert "unknown filter word 'no-such-thing'" in shown(app, "#table-status")
+        assert screen.grid.order.tolist() == kept.tolist()
+        filter_input.value = "latent>100000"
         await settle(pilot, app, delay=TYPE_DELAY)
         assert len(screen.grid.order) == 0 and "nothing matches" in shown(app, "#table-status")
         filter_input.value = "101"
@@ -153,7 +159,7 @@ async def test_prompt_table_filters_by_label_and_text_and_opens_a_prompt(study_p
         await settle(pilot, app, delay=TYPE_DELAY)
         expected = [i for i in range(len(texts)) if labels[i] == "harmless" and word in texts[i]]
         assert sorted(screen.grid.order.tolist()) == expected
-        filter_input.value = "refused score>1"
+        filter_input.value = "refused refusal_score>1"
         await settle(pilot, app, delay=TYPE_DELAY)
         with Study(study_path) as study:
             scores, refused = study.column("refusal_score"), study.column("refused")

@@ -7,7 +7,7 @@ import pytest
 
 from explorer.browse import StudyBrowser, analyses_present, feature_table, prompt_view, text_plot
 from tests.synthetic import SyntheticConfig, make_synthetic_study
-from store import Study
+from store import InputError, Study
 
 CONFIG = SyntheticConfig()
 
@@ -30,7 +30,8 @@ def test_feature_table_columns_sort_and_filter(study: Study) -> None:
     assert set(table.filter("minimal")) == {3, 17, 42, 101, 250}
     assert set(table.filter("freq_harmful>=1 minimal")) == set(planted)
     assert list(table.filter("42")) == [42] + [i for i in range(420, 430)]
-    assert len(table.filter("nonsense")) == 0
+    with pytest.raises(InputError, match="unknown filter word 'nonsense'"):
+        table.filter("nonsense")  # a typo is said, never silently matches nothing
     fm_rows = table.filter("fm")
     assert set(planted) <= set(fm_rows) and np.isnan(table.columns["fm_weight"][np.setdiff1d(np.arange(len(table)), fm_rows)]).all()
 

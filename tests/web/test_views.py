@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from explorer.browse import FEATURE_COLUMNS
+from explorer.filters import PROMPTS
 from tests.synthetic import SyntheticConfig
 from refusal_web import analyses, prompts, views
 from refusal_web.context import WebContext, whole_number
@@ -51,7 +52,11 @@ def test_feature_page_filters_sorts_and_pages(ctx: WebContext) -> None:
 
 def test_feature_page_explains_bad_queries(ctx: WebContext) -> None:
     frame, status, _ = views.feature_page(ctx, None, "nonsense", "cosine", True, 1)
-    assert frame.empty and "No latent matches `nonsense`" in status and "cosine>0.2" in status
+    assert frame.empty and status.startswith("⚠️ unknown filter word 'nonsense'") and "cosine>0.2" in status
+    frame, status, _ = views.feature_page(ctx, None, "cosin>0.2", "cosine", True, 1)
+    assert frame.empty and "unknown column 'cosin' in 'cosin>0.2'; did you mean 'cosine'?" in status
+    frame, status, _ = views.feature_page(ctx, None, "latent>100000", "cosine", True, 1)
+    assert frame.empty and "No latent matches `latent>100000`" in status
     frame, status, _ = views.feature_page(ctx, None, "", "bogus", True, 1)
     assert frame.empty and status.startswith("⚠️ cannot sort by 'bogus'")
     _, status, _ = views.feature_page(ctx, 99, "", "cosine", True, 1)
@@ -108,6 +113,12 @@ def test_prompt_page_searches_and_filters(ctx: WebContext) -> None:
     word = ctx.texts()[5].split()[0]
     frame, _, _ = prompts.prompt_page(ctx, word.upper(), "all", 1)
     assert 5 in frame["prompt"].tolist() and all(word in text for text in frame["text"])
+    assert list(frame.columns) == list(PROMPTS.names)  # headers are the filter's column names
+    frame, _, _ = prompts.prompt_page(ctx, "refusal_score>0 harmful", "all", 1)
+    scores = ctx.study.column("refusal_score")
+    assert sorted(frame["prompt"]) == [i for i in range(48) if scores[i] > 0 and ctx.study.labels[i] == "harmful"]
+    _, status, _ = prompts.prompt_page(ctx, "scores>0", "all", 1)
+    assert status.startswith("⚠️ unknown column 'scores'")
 
 
 def test_prompt_explore_colours_by_latent(ctx: WebContext) -> None:
