@@ -28,8 +28,7 @@ from explorer.live import open_live  # noqa: E402
 from explorer.live_model import StudyLiveModel  # noqa: E402
 from refusal_web.live import LiveLimits  # noqa: E402
 from store import Study  # noqa: E402
-from tests.integration.test_cache_pipeline import HARMFUL, HARMLESS, tiny  # noqa: E402
-from tests.tiny_models import make_tiny_sae  # noqa: E402
+from tests.tiny_models import TINY_HARMFUL as HARMFUL, TINY_HARMLESS as HARMLESS, make_tiny_sae, tiny_loaded as tiny  # noqa: E402
 
 TOKENS = 12
 PROMPT = HARMFUL[0]
