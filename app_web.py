@@ -43,6 +43,11 @@ def _first_cell(event: gr.SelectData) -> Any:
     return event.row_value[0] if event.row_value else gr.skip()
 
 
+def _row_index(event: gr.SelectData) -> Any:
+    """The clicked row's position (the sets table: a search without a set has no set id)."""
+    return event.index[0] if event.index is not None else gr.skip()
+
+
 def _colour_by_clicked_latent(event: gr.SelectData) -> tuple[Any, str]:
     """A click in the prompt's latent table: colour the tokens by that latent."""
     return (event.row_value[0], "latent") if event.row_value else (gr.skip(), gr.skip())
@@ -95,8 +100,9 @@ def _prompts_tab(ctx: WebContext) -> None:
     page, status, _ = prompts.prompt_page(ctx, "", "all", 1)
     labels = ["all", *sorted(set(ctx.study.labels.tolist()))]
     colour_modes = list(prompts.COLOUR_MODES) if ctx.candidates is not None else ["latent"]
-    start_latent = int(ctx.greedy.latents_of(0)[0]) if ctx.greedy is not None and len(ctx.greedy.prompt) else 0
-    start_prompt = int(ctx.greedy.prompt[0]) if ctx.greedy is not None and len(ctx.greedy.prompt) else 0
+    first = analyses.first_flipping_set(ctx)
+    start_latent = int(ctx.greedy.latents_of(first)[0]) if ctx.greedy is not None and first is not None else 0
+    start_prompt = int(ctx.greedy.prompt[first]) if ctx.greedy is not None and first is not None else 0
     shown = prompts.prompt_explore(ctx, start_prompt, ctx.layer, "latent", start_latent)
     with gr.Row():
         query = gr.Textbox(label="Filter (words search the text)", placeholder="e.g. refused   refusal_score>1   bomb",
@@ -136,13 +142,14 @@ def _prompts_tab(ctx: WebContext) -> None:
 
 def _sets_tab(ctx: WebContext) -> None:
     text, frame = analyses.minimal_sets(ctx)
-    figure, steps, about = analyses.trajectory(ctx, 0) if ctx.greedy is not None else (None, None, "")
+    first = analyses.first_flipping_set(ctx) or 0  # open on a set that flips
+    figure, steps, about = analyses.trajectory(ctx, first) if ctx.greedy is not None else (None, None, "")
     gr.Markdown(text, elem_id="sets-summary")
     if ctx.greedy is None:
         return
     sets = gr.Dataframe(frame, interactive=False, label="Minimal sets (click a row)", max_height=300)
     with gr.Row():
-        chosen = gr.Number(value=0, label="Set", precision=0, minimum=0)
+        chosen = gr.Number(value=first, label="Set", precision=0, minimum=0)
         export = gr.Button("Export sets (CSV)")
         export_steps = gr.Button("Export trajectory (CSV)")
         export_file = gr.File(label="CSV", interactive=False, height=90)
@@ -151,7 +158,7 @@ def _sets_tab(ctx: WebContext) -> None:
     steps_table = gr.Dataframe(steps, interactive=False, label="Greedy steps", max_height=300)
     outputs = [plot, steps_table, about_md]
     chosen.submit(partial(analyses.trajectory, ctx), chosen, outputs, api_name="trajectory")
-    sets.select(_first_cell, None, chosen).then(partial(analyses.trajectory, ctx), chosen, outputs)
+    sets.select(_row_index, None, chosen).then(partial(analyses.trajectory, ctx), chosen, outputs)
     export.click(partial(views.write_csv, ctx, "minimal-sets"), sets, export_file)
     export_steps.click(partial(views.write_csv, ctx, "trajectory"), steps_table, export_file)
 

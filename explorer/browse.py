@@ -102,7 +102,8 @@ def feature_table(study: Study, layer: int, run: str = "default") -> FeatureTabl
         columns["cosine"], columns["attribution"] = candidates.cosine, candidates.attribution
     greedy = GreedyResult.load(study, run)
     if greedy is not None and greedy.layer == layer:
-        np.add.at(columns["minimal_sets"], greedy.set_latents, 1)
+        for s in np.flatnonzero(greedy.flips()):  # a search that did not flip found no set
+            columns["minimal_sets"][greedy.latents_of(s)] += 1
     fm = FMResult.load(study, run)
     if fm is not None and fm.layer == layer:
         columns["fm_weight"][fm.latents] = fm.w
@@ -219,7 +220,7 @@ class StudyBrowser:
         greedy = self.result(GreedyResult)
         if greedy is None or greedy.layer != layer:
             return []
-        return [s for s in range(len(greedy.prompt)) if latent in greedy.latents_of(s)]
+        return [int(s) for s in np.flatnonzero(greedy.flips()) if latent in greedy.latents_of(s)]
 
     def _dormant(self, layer: int, latent: int) -> dict[str, float]:
         table = self.result(DormantResult)
@@ -248,7 +249,8 @@ class PromptView:
     refused: int
     generation: str
     colour: np.ndarray | None  # float32 [n_tokens]: the chosen latent's activation per token
-    ablations: list[tuple[np.ndarray, str, float]]  # (minimal set, ablated generation, score) per greedy set
+    ablations: list[tuple[np.ndarray, str, float]]  # (minimal set, ablated generation, score) per flipping set
+    no_flip: list[tuple[int, float]] = field(default_factory=list)  # (k, score with all k ablated) per search that did not flip
 
 
 def prompt_view(study: Study, index: int, layer: int | None = None, latent: int | None = None, run: str = "default") -> PromptView:
@@ -256,13 +258,27 @@ def prompt_view(study: Study, index: int, layer: int | None = None, latent: int 
     colour = None
     if layer is not None and latent is not None and study.has_codes(layer):
         colour = study.codes(layer).prompt_dense(index, np.array([latent]))[:, 0]
-    ablations = []
+    ablations, no_flip = [], []
     greedy = GreedyResult.load(study, run)
     if greedy is not None:
+        flips = greedy.flips()
         for s in np.flatnonzero(greedy.prompt == index):
-            ablations.append((greedy.latents_of(s), str(greedy.ablated_generation[s]), float(greedy.final_score[s])))
+            if flips[s]:
+                ablations.append((greedy.latents_of(s), str(greedy.ablated_generation[s]), float(greedy.final_score[s])))
+            else:
+                no_flip.append((int(greedy.k), float(greedy.start_score[s])))
     return PromptView(index, record.text, record.label, record.tokens, record.refusal_score, record.refused,
-                      record.generation, colour, ablations)
+                      record.generation, colour, ablations, no_flip)
+
+
+def greedy_counts(study: Study, run: str = "default") -> dict[str, int] | None:
+    """The greedy stage's counts (``info --json``): refused harmful prompts (fast score above the
+    study's threshold), prompts searched, flipping sets, and those confirmed by generation."""
+    greedy = GreedyResult.load(study, run)
+    if greedy is None:
+        return None
+    refused = (study.column("label") == "harmful") & (study.column("refusal_score") > study.meta.refusal_threshold)
+    return greedy.counts(int(refused.sum()))
 
 
 def analyses_present(study: Study, run: str = "default") -> dict[str, str | None]:

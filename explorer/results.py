@@ -121,6 +121,25 @@ class GreedyResult(StageResult):
     def latents_of(self, index: int) -> np.ndarray:
         return self.set_latents[self.set_offsets[index] : self.set_offsets[index + 1]]
 
+    def flips(self) -> np.ndarray:
+        """bool [n_sets]: ablating the set brings the refusal score below the threshold. A search
+        whose top-k candidates, all ablated, leave the score above it keeps all k: no set at all."""
+        return np.asarray(self.final_score < self.threshold, bool)
+
+    def per_prompt(self) -> np.ndarray:
+        """bool [n_sets]: searched on one prompt (False for the joint search, if any)."""
+        single = np.ones(len(self.prompt), bool)
+        if len(self.joint_prompts) and len(single):
+            single[-1] = False
+        return single
+
+    def counts(self, refused_prompts: int) -> dict[str, int]:
+        """What the searches found, as ``info --json`` reports it: flipping sets only."""
+        single, flips = self.per_prompt(), self.flips()
+        return {"refused_prompts": int(refused_prompts), "searched": int(len(set(self.prompt[single].tolist()))),
+                "flipping_sets": int((single & flips).sum()),
+                "confirmed_by_generation": int((single & flips & (self.flipped == 1)).sum()), "k": int(self.k)}
+
     def trajectory_of(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         s = slice(self.trajectory_offsets[index], self.trajectory_offsets[index + 1])
         return self.trajectory_size[s], self.trajectory_score[s], self.trajectory_removed[s]

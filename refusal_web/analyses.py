@@ -20,32 +20,46 @@ def _ids(latents: np.ndarray) -> str:
 
 
 def minimal_sets(ctx: WebContext) -> tuple[str, pd.DataFrame]:
-    """Summary Markdown and one row per minimal set."""
+    """Summary Markdown and one row per search: its flipping set, or "no flipping set within top K"."""
     greedy = ctx.greedy
     if greedy is None:
         return ctx.missing_note("greedy", "minimal sets"), pd.DataFrame({"set": []})
+    flips, single = greedy.flips(), greedy.per_prompt()
     sizes = np.diff(greedy.set_offsets)
-    flipped = {1: "complies", 0: "still refuses", -1: "not checked"}
+    outcome = {1: "complies", 0: "still refuses", -1: "not checked"}
     searched_on = [str(int(p)) for p in greedy.prompt]
-    joint = getattr(greedy, "joint_prompts", np.zeros(0, np.int64))  # newer studies: last set searched jointly
-    if len(joint) and searched_on:
-        searched_on[-1] = f"joint: {len(joint)} prompts"
+    if not single.all():
+        searched_on[-1] = f"joint: {len(greedy.joint_prompts)} prompts"
+    nothing = f"no flipping set within top {greedy.k}"
     frame = pd.DataFrame({
-        "set": np.arange(len(greedy.prompt)), "prompt": greedy.prompt, "searched_on": searched_on, "size": sizes,
-        "latents": [_ids(greedy.latents_of(s)) for s in range(len(greedy.prompt))],
+        "set": pd.array([s if flips[s] else pd.NA for s in range(len(flips))], dtype="Int64"), "prompt": greedy.prompt,
+        "searched_on": searched_on, "size": pd.array([int(sizes[s]) if flips[s] else pd.NA for s in range(len(flips))], dtype="Int64"),
+        "latents": [_ids(greedy.latents_of(s)) if flips[s] else nothing for s in range(len(flips))],
         "baseline_score": rounded(greedy.baseline_score),
         "all_k_ablated": rounded(greedy.start_score),
-        "set_ablated": rounded(greedy.final_score),
-        "generation": [flipped.get(int(f), "?") for f in greedy.flipped],
+        "set_ablated": [round(float(greedy.final_score[s]), FLOAT_DIGITS) if flips[s] else None for s in range(len(flips))],
+        "generation": [outcome.get(int(greedy.flipped[s]), "?") if flips[s] else "—" for s in range(len(flips))],
     })
-    shared = set(greedy.latents_of(0).tolist()) if len(greedy.prompt) else set()
-    for s in range(1, len(greedy.prompt)):
+    found = np.flatnonzero(flips & single)
+    shared = set(greedy.latents_of(found[0]).tolist()) if len(found) else set()
+    for s in found[1:]:
         shared &= set(greedy.latents_of(s).tolist())
-    text = (f"**{len(greedy.prompt)} minimal sets** on layer {greedy.layer}, searched from the top {greedy.k} "
-            f"candidates ({greedy.order} order); a prompt counts as flipped below score {greedy.threshold:+.2f}. "
-            f"Median size {int(np.median(sizes)) if len(sizes) else 0}; in every set: "
-            f"{', '.join(map(str, sorted(shared))) or 'none'}.")
+    confirmed = int((greedy.flipped[found] == 1).sum())
+    text = (f"**{len(found)} minimal sets that flip** from {int(single.sum())} searched prompts on layer {greedy.layer}, "
+            f"searched from the top {greedy.k} candidates ({greedy.order} order); a set flips when the refusal score "
+            f"falls below {greedy.threshold:+.2f}; {confirmed} of them confirmed by generation. "
+            f"{int((~flips & single).sum())} searches found no flipping set within the top {greedy.k}. "
+            + (f"Median size {int(np.median(sizes[found]))}; in every set: {', '.join(map(str, sorted(shared))) or 'none'}."
+               if len(found) else ""))
     return text, frame
+
+
+def first_flipping_set(ctx: WebContext) -> int | None:
+    """The set the tab opens on: the first that flips (None when none does)."""
+    if ctx.greedy is None:
+        return None
+    found = np.flatnonzero(ctx.greedy.flips())
+    return int(found[0]) if len(found) else None
 
 
 def trajectory(ctx: WebContext, index: object) -> tuple[go.Figure | None, pd.DataFrame, str]:
@@ -59,6 +73,11 @@ def trajectory(ctx: WebContext, index: object) -> tuple[go.Figure | None, pd.Dat
             raise InputError(f"set {chosen} does not exist (sets 0–{len(greedy.prompt) - 1})")
     except InputError as error:
         return None, pd.DataFrame({"step": []}), f"⚠️ {error}"
+    if not greedy.flips()[chosen]:
+        return None, pd.DataFrame({"step": []}), (
+            f"Search {chosen} (prompt {int(greedy.prompt[chosen])}): **no flipping set within the top {greedy.k}** "
+            f"candidates. With all {greedy.k} ablated the refusal score is {greedy.start_score[chosen]:+.3f}, not below "
+            f"{greedy.threshold:+.3f}, so the search stopped.")
     sizes, scores, removed = greedy.trajectory_of(chosen)
     title = f"Set {chosen} (prompt {int(greedy.prompt[chosen])}): refusal score vs set size"
     figure = plots.score_vs_size(sizes, scores, removed, greedy.threshold, title)

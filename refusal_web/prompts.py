@@ -110,6 +110,9 @@ def prompt_explore(
     generations = f"**Baseline generation**\n\n> {view.generation or '(none)'}"
     if ctx.greedy is None:
         generations += "\n\n" + ctx.missing_note("greedy", "minimal-set ablations")
+    for k, score in view.no_flip:
+        generations += (f"\n\n**No flipping set within the top {k} candidates** on this prompt: with all {k} "
+                        f"ablated the refusal score is {score:+.3f}, still above the threshold.")
     for latents, text, score in view.ablations:
         ids = ", ".join(map(str, latents.tolist()))
         generations += f"\n\n**With latents [{ids}] ablated** (score {score:+.3f})\n\n> {text or '(none)'}"

@@ -40,8 +40,11 @@ def study_summary(path: Path) -> tuple[dict[str, Any], str]:
     """``info``'s facts about a study file, and its text."""
     from store import Study
 
+    from explorer.browse import greedy_counts
+
     with Study(path) as study:
         summary = study.summary()
+        greedy = greedy_counts(study) if "default" in summary["analysis_runs"] else None
     rates = ", ".join(f"{label} {rate:.0%}" for label, rate in summary["refusal_rate"].items())
     generated = ", ".join(f"{label} {rate:.0%}" for label, rate in summary["refused_by_generation"].items())
     lines = [
@@ -56,6 +59,11 @@ def study_summary(path: Path) -> tuple[dict[str, Any], str]:
     for layer, sae in summary["saes"].items():
         lines.append(f"sae        layer {layer}: {sae_source_text(sae)}")
     lines.append(f"analyses   {', '.join(summary['analysis_runs']) or 'none yet'}")
+    if greedy is not None:
+        summary["greedy"] = greedy
+        lines.append(f"greedy     {greedy['refused_prompts']} refused prompts, {greedy['searched']} searched, "
+                     f"{greedy['flipping_sets']} flipping sets within the top {greedy['k']} candidates, "
+                     f"{greedy['confirmed_by_generation']} confirmed by generation")
     return summary, "\n".join(lines)
 
 

@@ -126,11 +126,13 @@ def results_text(result: Overview) -> Table:
                                 f"overlap with attribution {result.candidates.overlap:.0%}")
     if result.greedy is not None:
         greedy = result.greedy
-        sizes = np.diff(greedy.set_offsets)
-        flipped = int((greedy.flipped == 1).sum())
-        text.add("Min sets", f"{len(sizes)} sets (layer {greedy.layer}, from top {greedy.k}) · sizes "
-                                 f"{sizes.min() if len(sizes) else 0}–{sizes.max() if len(sizes) else 0} · "
-                                 f"{flipped}/{len(sizes)} flip the generation")
+        flips = greedy.flips() & greedy.per_prompt()
+        sizes = np.diff(greedy.set_offsets)[flips]
+        searched = int(greedy.per_prompt().sum())
+        confirmed = int((greedy.flipped[flips] == 1).sum())
+        text.add("Min sets", f"{len(sizes)} sets flip, from {searched} searched prompts (layer {greedy.layer}, within "
+                                 f"the top {greedy.k}) · sizes {sizes.min() if len(sizes) else 0}–"
+                                 f"{sizes.max() if len(sizes) else 0} · {confirmed}/{len(sizes)} confirmed by generation")
     if result.fm is not None:
         fm = result.fm
         text.add("FM", f"{len(fm.latents)} latents · R² train {fm.r2_train:.2f} · holdout {fm.r2_holdout:.2f} "

@@ -101,10 +101,15 @@ class PromptScreen(StudyScreen):
         if not view.ablations:
             ablated.border_title = "Ablated"
             command = self.data.analyses().get("greedy")
-            ablated.update(Text(
-                f"No minimal sets yet: run `{command}`." if command else
-                "No minimal set was searched on this prompt; the Sets view (key 4) lists the prompts that have one.",
-                style="italic"))
+            if command:
+                message = f"No minimal sets yet: run `{command}`."
+            elif view.no_flip:
+                k, score = view.no_flip[0]
+                message = (f"No flipping set within the top {k} candidates: with all {k} ablated the refusal score "
+                           f"is {score:+.2f}, still above the threshold.")
+            else:
+                message = "No minimal set was searched on this prompt; the Sets view (key 4) lists the prompts that have one."
+            ablated.update(Text(message, style="italic"))
             return
         latents, generation, score = view.ablations[self.ablation % len(view.ablations)]
         shown = ", ".join(map(str, latents[:12])) + (" …" if len(latents) > 12 else "")

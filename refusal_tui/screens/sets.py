@@ -39,20 +39,30 @@ class SetsScreen(StudyScreen):
 
     def show(self, greedy: GreedyResult) -> None:
         self.greedy = greedy
+        flips = greedy.flips()
         self.query_one("#sets-head", Static).update(Text(
-            f"Layer {greedy.layer} · searched from the top {greedy.k} candidates ({greedy.order}) · flipped when "
-            f"the refusal score < {greedy.threshold:g} · enter opens the prompt", style="dim"))
+            f"Layer {greedy.layer} · {int(flips.sum())} flipping sets from {len(flips)} searches within the top "
+            f"{greedy.k} candidates ({greedy.order}) · a set flips when the refusal score < {greedy.threshold:g} · "
+            "enter opens the prompt", style="dim"))
         table = self.query_one("#sets", DataTable)
         table.clear(columns=True)
-        table.add_columns("set", "prompt", "size", "base", "all k", "final", "flip", "latents")
+        table.add_columns("set", "prompt", "size", "base", "all k", "final", "gen", "latents")
         for s in range(len(greedy.prompt)):
             latents = greedy.latents_of(s)
-            flip = {1: Text("yes", style="green"), 0: Text("no", style="red")}.get(int(greedy.flipped[s]), "·")
+            if not flips[s]:  # a search that found nothing: not a set, say so
+                table.add_row("—", str(int(greedy.prompt[s])), "—", f"{greedy.baseline_score[s]:+.2f}",
+                              f"{greedy.start_score[s]:+.2f}", "—", "·",
+                              Text(f"no flipping set within top {greedy.k}", style="italic dim"))
+                continue
+            flip = {1: Text("complies", style="green"), 0: Text("refuses", style="red")}.get(int(greedy.flipped[s]), "·")
             shown = ", ".join(map(str, latents[:6])) + (" …" if len(latents) > 6 else "")
             table.add_row(str(s), str(int(greedy.prompt[s])), str(len(latents)), f"{greedy.baseline_score[s]:+.2f}",
                           f"{greedy.start_score[s]:+.2f}", f"{greedy.final_score[s]:+.2f}", flip, shown)
         if len(greedy.prompt):
-            self.show_set(0)
+            first = np.flatnonzero(flips)
+            row = int(first[0]) if len(first) else 0  # open on a set that flips
+            table.move_cursor(row=row)
+            self.show_set(row)
 
     @on(DataTable.RowHighlighted, "#sets")
     def _highlighted(self, event: DataTable.RowHighlighted) -> None:
@@ -67,11 +77,19 @@ class SetsScreen(StudyScreen):
 
     def open_set(self, s: int) -> None:
         if self.greedy is not None and 0 <= s < len(self.greedy.prompt):
-            self.open_prompt(int(self.greedy.prompt[s]), latent=int(self.greedy.latents_of(s)[0]), layer=self.greedy.layer)
+            latent = int(self.greedy.latents_of(s)[0]) if self.greedy.flips()[s] else None
+            self.open_prompt(int(self.greedy.prompt[s]), latent=latent, layer=self.greedy.layer)
 
     def show_set(self, s: int) -> None:
         greedy = self.greedy
         if greedy is None or not 0 <= s < len(greedy.prompt):
+            return
+        if not greedy.flips()[s]:
+            self.query_one("#sets-latents", Static).update(Text(
+                f"Prompt {int(greedy.prompt[s])}: no flipping set within the top {greedy.k} candidates. With all "
+                f"{greedy.k} ablated the refusal score is {greedy.start_score[s]:+.2f}, not below {greedy.threshold:g}, "
+                "so the search stopped; there is no set to show."))
+            self.query_one("#sets-plot", Static).update("")
             return
         links = " ".join(f"[@click=screen.show_latent({int(latent)},{greedy.layer})]{int(latent)}[/]"
                          for latent in greedy.latents_of(s))
