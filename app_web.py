@@ -125,13 +125,14 @@ def _prompts_tab(ctx: WebContext) -> None:
             facts = gr.Markdown(shown[1], elem_id="prompt-facts")
             generations = gr.Markdown(shown[2], elem_id="prompt-generations")
         with gr.Column(scale=2):
-            top = gr.Dataframe(shown[3], interactive=False, label="Strongest latents on this prompt (click to colour)",
-                               max_height=380, elem_id="prompt-top-latents")
+            top = gr.Dataframe(shown[3], interactive=False, max_height=380, elem_id="prompt-top-latents",
+                               label="Why: latents ranked by attribution to this prompt's refusal (click to colour)")
+    why = gr.Markdown(shown[4], elem_id="prompt-why")
     page_outputs = [table, status_md, page_no]
     query.submit(partial(prompts.prompt_search, ctx), [query, label], page_outputs, api_name="prompt_search")
     label.change(partial(prompts.prompt_search, ctx), [query, label], page_outputs)
     page_no.submit(partial(prompts.prompt_page, ctx), [query, label, page_no], page_outputs, api_name="prompt_page")
-    view_inputs, view_outputs = [index, layers, colour, latent], [tokens, facts, generations, top]
+    view_inputs, view_outputs = [index, layers, colour, latent], [tokens, facts, generations, top, why]
     explore = partial(prompts.prompt_explore, ctx)
     show.click(explore, view_inputs, view_outputs, api_name="prompt")
     for trigger in (index.submit, latent.submit, colour.input):

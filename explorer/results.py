@@ -268,6 +268,35 @@ class DormantResult(StageResult):
     context_woken: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))  # int [c]: woken latents tested
 
 
+@dataclass(frozen=True, kw_only=True)
+class WhyResult(StageResult):
+    """Per prompt, its latents ranked by attribution to its own refusal score (explorer/why.py).
+
+    CSR over prompts: prompt ``prompt[i]`` has latents ``latent[offsets[i]:offsets[i+1]]``,
+    strongest |attribution| first.
+    """
+
+    STAGE: ClassVar[str] = "why"
+    COMMAND: ClassVar[str] = "refusal-explorer analyze why"
+    layer: int
+    positions: int  # post-instruction tokens summed over (the last ones of each prompt)
+    prompt: np.ndarray  # int [n]
+    offsets: np.ndarray  # int64 [n+1]
+    latent: np.ndarray  # int [total]
+    attribution: np.ndarray  # float32 [total]: Σ over those tokens of activation × ∂score/∂activation
+    activation: np.ndarray  # float32 [total]: Σ over those tokens of the activation
+    score: np.ndarray  # float32 [n]: the live model's refusal score of the prompt
+    total: np.ndarray  # float32 [n]: Σ of every latent's attribution (not only the top ones)
+
+    def ranking(self, prompt: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """(latents, attribution, activation) of a prompt, strongest first; None if not ranked."""
+        hits = np.flatnonzero(self.prompt == prompt)
+        if not len(hits):
+            return None
+        s = slice(self.offsets[hits[0]], self.offsets[hits[0] + 1])
+        return self.latent[s], self.attribution[s], self.activation[s]
+
+
 RESULT_TYPES: tuple[type[StageResult], ...] = (
-    DirectionResult, CandidateResult, GreedyResult, ExperimentResult, FMResult, DormantResult,
+    DirectionResult, CandidateResult, GreedyResult, ExperimentResult, FMResult, DormantResult, WhyResult,
 )

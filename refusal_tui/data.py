@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from explorer import browse
+from explorer.browse_why import WhyView, why_view
 from explorer.results import CandidateResult, DirectionResult, DormantResult, FMResult, GreedyResult
 from store import InputError, LayerCodes, Study
 
@@ -110,6 +111,12 @@ class StudyData:
             if not 0 <= latent < self.study.codes(layer).d_sae:
                 raise InputError(f"latent {latent} is out of range (layer {layer} has {self.study.codes(layer).d_sae})")
         return browse.prompt_view(self.study, index, layer if latent is not None else None, latent, self.run)
+
+    def why_view(self, index: int, layer: int | None = None) -> WhyView:
+        n = self.study.n_prompts
+        if not 0 <= index < n:
+            raise InputError(f"prompt {index} is out of range: the study has {n:,} prompts")
+        return self.cached(("why", index, layer), lambda: why_view(self.browser, index, layer))
 
     def projection(self, index: int) -> tuple[np.ndarray, int] | None:
         """Each token's residual projected on the refusal direction (NaN where no residual is

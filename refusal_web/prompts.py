@@ -12,13 +12,13 @@ import numpy as np
 import pandas as pd
 
 from explorer.browse import PROMPT_COLUMNS, prompt_view
+from explorer.browse_why import WhyView, why_view
 from refusal_web.context import WebContext, page_of, whole_number
 from refusal_web.render import markdown_table, show_token
 from refusal_web.views import rounded
 from store import InputError
 
 COLOUR_MODES = ("latent", "direction")
-TOP_LATENTS = 15
 
 
 def prompt_page(ctx: WebContext, query: str, label: str, page: object) -> tuple[pd.DataFrame, str, int]:
@@ -63,26 +63,42 @@ def direction_colour(ctx: WebContext, layer: int, index: int) -> np.ndarray:
     return sums
 
 
-def top_latents(ctx: WebContext, layer: int, index: int, n: int = TOP_LATENTS) -> pd.DataFrame:
-    """The latents with the highest peak activation on one prompt."""
-    indptr, indices, values = ctx.study.codes(layer).prompt_codes(index)
-    if not len(indices):
-        return pd.DataFrame({"latent": [], "peak": [], "tokens_active": []})
-    order = np.lexsort((-values, indices))
-    first = np.ones(len(order), bool)
-    first[1:] = indices[order][1:] != indices[order][:-1]
-    peak_of = order[first]  # per latent, its strongest entry
-    counts = np.bincount(indices, minlength=int(indices.max()) + 1)[indices[peak_of]]
-    best = np.argsort(-values[peak_of], kind="stable")[:n]
-    return pd.DataFrame({"latent": indices[peak_of][best], "peak": rounded(values[peak_of][best]),
-                         "tokens_active": counts[best]})
+def why_frame(view: WhyView) -> pd.DataFrame:
+    """The prompt's ranked latents (attribution is NaN in the fallback ranking)."""
+    return pd.DataFrame({
+        "latent": [item.latent for item in view.ranking],
+        "attribution": rounded(np.array([item.attribution for item in view.ranking], np.float64)),
+        "activation": rounded(np.array([item.activation for item in view.ranking], np.float64)),
+        "in_set": [item.in_set for item in view.ranking],
+    })
+
+
+def why_markdown(view: WhyView) -> str:
+    """Why this prompt: how its latents were ranked, its minimal set and what ablating it does,
+    the direction, the dormant latents that wake, the FM partners."""
+    parts = [f"### Why prompt {view.index} · {view.label}", view.ranking_note, "**Minimal set**"]
+    if view.set_latents:
+        confirmed = {1: "the generation complies", 0: "the generation still refuses", -1: "generation not checked"}
+        parts.append(f"Set #{view.set_index}: **[{', '.join(map(str, view.set_latents))}]**. Ablating it: refusal score "
+                     f"{view.refusal_score:+.3f} → {view.set_score:+.3f}; {confirmed.get(view.set_confirmed, '?')}."
+                     + (f"\n\n> {view.set_generation}" if view.set_generation else ""))
+    else:
+        parts.append(view.set_note)
+    parts += ["**Refusal direction**", view.direction_note, "**Dormant latents that wake**"]
+    parts.append(", ".join(f"{latent} (layer {layer}: {base:.2f} → {woke:.2f})" for latent, layer, base, woke in view.dormant)
+                 if view.dormant else view.dormant_note)
+    parts.append("**FM partners of the top latents**")
+    parts.append("; ".join(f"{a} × {b}: {value:+.3f} ({'synergy' if value > 0 else 'redundancy'})"
+                           for a, b, value in view.partners) if view.partners else view.partners_note)
+    return "\n\n".join(parts)
 
 
 def prompt_explore(
     ctx: WebContext, index: object, layer: object, colour_by: str, latent: object,
-) -> tuple[list[tuple[str, float | None]], str, str, pd.DataFrame]:
-    """(highlighted tokens, prompt facts, generations Markdown, top latents of the prompt)."""
-    empty = pd.DataFrame({"latent": [], "peak": [], "tokens_active": []})
+) -> tuple[list[tuple[str, float | None]], str, str, pd.DataFrame, str]:
+    """(highlighted tokens, prompt facts, generations Markdown, the prompt's latents ranked by
+    attribution to its refusal, the why Markdown)."""
+    empty = pd.DataFrame({"latent": [], "attribution": [], "activation": [], "in_set": []})
     try:
         prompt = whole_number(index, "prompt")
         chosen = ctx.pick_layer(layer)
@@ -93,8 +109,11 @@ def prompt_explore(
             raise InputError(f"latent {chosen_latent} is out of range (layer {chosen} has {ctx.study.codes(chosen).d_sae} latents)")
         view = prompt_view(ctx.study, prompt, chosen, chosen_latent, ctx.run)
         colour = view.colour if chosen_latent is not None else direction_colour(ctx, chosen, prompt)
+        if not 0 <= prompt < ctx.study.n_prompts:
+            raise InputError(f"prompt {prompt} is out of range: the study has {ctx.study.n_prompts:,} prompts")
+        why = why_view(ctx.details, prompt, chosen)
     except InputError as error:
-        return [], f"⚠️ {error}", "", empty
+        return [], f"⚠️ {error}", "", empty, ""
     scale = float(np.abs(colour).max()) if colour is not None and len(colour) else 0.0
     highlighted = [
         (show_token(token), (round(float(value) / scale, 3) if scale > 0 and value != 0 else None))
@@ -116,4 +135,4 @@ def prompt_explore(
     for latents, text, score in view.ablations:
         ids = ", ".join(map(str, latents.tolist()))
         generations += f"\n\n**With latents [{ids}] ablated** (score {score:+.3f})\n\n> {text or '(none)'}"
-    return highlighted, facts, generations, top_latents(ctx, chosen, prompt)
+    return highlighted, facts, generations, why_frame(why), why_markdown(why)

@@ -200,6 +200,7 @@ def _write_analyses(path: Path, run: str, config: SyntheticConfig, rng: np.rando
         context_baseline=np.full(2, 1.6, np.float32), context_ablated=np.array([-0.5, 0.4], np.float32),
         context_woken=np.ones(2, np.int64),
     ).save(path, run, config={"synthetic": True})
+    _write_why(path, run, config, rng)
 
 
 def copy_without(source: Path, path: Path, *groups: str) -> Path:
@@ -225,3 +226,29 @@ def make_greedy(layer: int, prompts: list[int], sets: list[list[int]], *, thresh
         trajectory_size=np.array([len(s) for s in sets], np.int64), trajectory_score=final_score.copy(),
         trajectory_removed=np.full(n, -1, np.int64),
     )
+
+
+def _write_why(path: Path, run: str, config: SyntheticConfig, rng: np.random.Generator) -> None:
+    """Per-prompt attribution rankings: on a harmful prompt the planted latents lead, rotated so
+    that prompts differ; a harmless prompt's latents carry little attribution."""
+    from explorer.results import WhyResult
+
+    planted = list(config.refusal_latents)
+    latents, attribution, offsets = [], [], [0]
+    for p in range(config.n_prompts):
+        harmful = p % 2 == 0  # _batch alternates harmful, harmless
+        shift = p % len(planted)
+        ids = (planted[shift:] + planted[:shift] if harmful else []) + [int(x) for x in rng.choice(
+            [i for i in range(config.d_sae) if i not in planted], 6, replace=False)]
+        values = np.sort(rng.random(len(ids)).astype(np.float32))[::-1] * (2.0 if harmful else 0.2)
+        latents += ids
+        attribution += values.tolist()
+        offsets.append(len(latents))
+    n = config.n_prompts
+    WhyResult(
+        layer=config.layers[0], positions=len(TEMPLATE_SUFFIX), prompt=np.arange(n), offsets=np.array(offsets, np.int64),
+        latent=np.array(latents, np.int64), attribution=np.array(attribution, np.float32),
+        activation=np.abs(np.array(attribution, np.float32)) * 3, score=np.linspace(2, -2, n).astype(np.float32),
+        total=np.linspace(2, -2, n).astype(np.float32),
+    ).save(path, run, config={"synthetic": True})
+

@@ -11,7 +11,7 @@ from __future__ import annotations
 from explorer.cli import commands  # noqa: F401  cache, merge, info, setup-model, demo, train-sae
 from explorer.cli import evaluate  # noqa: F401  evaluate, judge
 from explorer.cli.shell import STAGES, analyze, cli
-from explorer.cli.stages import refusal_tokens, direction, candidates, greedy, experiments, fm, dormant  # noqa: F401  pipeline order
+from explorer.cli.stages import refusal_tokens, direction, candidates, greedy, experiments, fm, dormant, why  # noqa: F401  pipeline order
 from explorer.cli.stages import graph, categories, jailbreak, probe  # noqa: F401  the second paper (Yeo et al.)
 
 __all__ = ["STAGES", "analyze", "cli", "main"]

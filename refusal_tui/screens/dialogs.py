@@ -42,6 +42,7 @@ HELP_TEMPLATE = """\
 |---|---|
 | `l` / `d` / `c` | colour tokens by a latent / by the refusal direction / not at all |
 | `a` | next minimal set's ablated generation · `[` `]` previous / next prompt |
+| `w` | why: latents ranked by attribution to this prompt's refusal, its minimal set, dormant latents, FM partners (also from the prompt table) |
 
 | Key | Sets and FM |
 |---|---|

@@ -16,6 +16,7 @@ from refusal_tui.render import highlighted_tokens
 from refusal_tui.data import StudyData
 from refusal_tui.screens.base import StudyScreen
 from refusal_tui.screens.dialogs import AskNumber
+from refusal_tui.screens.why import WhyScreen
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class PromptScreen(StudyScreen):
         Binding("d", "by_direction", "Direction"),
         Binding("c", "clear_colour", "Plain"),
         Binding("a", "next_ablation", "Next set"),
+        Binding("w", "why", "Why"),
         Binding("right_square_bracket", "step_next", "Next", show=False),
         Binding("left_square_bracket", "step_previous", "Prev", show=False),
     ]
@@ -138,6 +140,9 @@ class PromptScreen(StudyScreen):
     def action_clear_colour(self) -> None:
         self.by_direction, self.latent = False, None
         self.reload()
+
+    def action_why(self) -> None:
+        self.app.push_screen(WhyScreen(self.index, layer=self.sae_layer))
 
     def action_next_ablation(self) -> None:
         self.ablation += 1

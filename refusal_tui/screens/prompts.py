@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from rich.text import Text
+from textual.binding import Binding
 
 from explorer.browse import PromptTable
 from explorer.filters import PROMPTS
 from refusal_tui.screens.table import TableScreen
+from refusal_tui.screens.why import WhyScreen
 
 FILTER_HELP = "filter: harmful · refused · score>1 · toks<40 · #12 · any word · ? lists every column"
 TEXT_WIDTH = 60  # at most; narrower terminals get what is left after the other columns
@@ -18,6 +20,7 @@ class PromptsScreen(TableScreen):
     NAV = "prompts"
     NOUN = "prompts"
     PLACEHOLDER = FILTER_HELP
+    BINDINGS = [Binding("w", "why", "Why")]
     # Headers are names the filter takes (explorer.filters.PROMPTS: short ones, to fit 80 columns).
     COLUMNS = tuple((column.name, column.header, {"label": 8, "text": TEXT_WIDTH}.get(column.name, 5))
                     for column in PROMPTS.columns)
@@ -48,6 +51,10 @@ class PromptsScreen(TableScreen):
             Text(str(int(c["tokens"][row])), justify="right"),
             text if len(text) <= self.text_width else text[: self.text_width - 1] + "…",
         )
+
+    def action_why(self) -> None:
+        if self.table is not None and len(self.grid.order):
+            self.app.push_screen(WhyScreen(int(self.grid.current)))
 
     def open_row(self, row: int) -> None:
         self.open_prompt(row)

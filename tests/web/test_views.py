@@ -10,6 +10,7 @@ import pytest
 
 from explorer.browse import FEATURE_COLUMNS
 from explorer.filters import PROMPTS
+from explorer.results import RESULT_TYPES
 from tests.synthetic import SyntheticConfig
 from refusal_web import analyses, prompts, views
 from refusal_web.context import WebContext, whole_number
@@ -23,7 +24,7 @@ DORMANT = SyntheticConfig().dormant_latents
 def test_overview_lists_study_and_analyses(ctx: WebContext) -> None:
     text, figure = views.overview(ctx)
     assert "synthetic/tiny-chat" in text and "24 harmful" in text and "24 harmless" in text
-    assert text.count("| present |") == 6 and "missing" not in text
+    assert text.count("| present |") == len(RESULT_TYPES) and "missing" not in text
     assert "first token changes: 12.5%" in text and "change 4.0%–8.0% of them" in text
     assert figure is not None and figure.data[0].type == "heatmap"
 
@@ -122,21 +123,35 @@ def test_prompt_page_searches_and_filters(ctx: WebContext) -> None:
 
 
 def test_prompt_explore_colours_by_latent(ctx: WebContext) -> None:
-    tokens, facts, generations, top = prompts.prompt_explore(ctx, 0, None, "latent", PLANTED[0])
+    tokens, facts, generations, top, why = prompts.prompt_explore(ctx, 0, None, "latent", PLANTED[0])
     record = ctx.study.prompt(0)
     assert [t for t, _ in tokens] == [show_token(t) for t in record.tokens]
     scores = [s for _, s in tokens]
     assert max(s for s in scores if s is not None) == 1.0 and scores[-1] is not None  # fires at the end
     assert "### Prompt 0 · harmful" in facts and "Baseline generation" in generations
     assert "ablated" in generations  # greedy set 0 was searched on prompt 0
-    assert PLANTED[0] in top["latent"].tolist() and top["peak"].is_monotonic_decreasing
+    assert PLANTED[0] in top["latent"].tolist() and top["activation"].is_monotonic_decreasing
+    assert "ranked by attribution to this prompt's refusal score" in why and "Set #0" in why
+    assert top["attribution"].abs().is_monotonic_decreasing and top["in_set"].any()
 
 
-def test_top_latents_match_brute_force(ctx: WebContext) -> None:
-    top = prompts.top_latents(ctx, 6, 3, n=5)
-    dense = ctx.study.codes(6).prompt_dense(3, np.arange(512)).max(axis=0)
-    assert top["latent"].tolist() == np.argsort(-dense, kind="stable")[:5].tolist()
-    assert np.allclose(top["peak"], np.sort(dense)[::-1][:5], atol=1e-4)
+def test_rankings_differ_between_prompts(ctx: WebContext) -> None:
+    first = prompts.prompt_explore(ctx, 0, None, "latent", 0)[3]["latent"].tolist()
+    second = prompts.prompt_explore(ctx, 2, None, "latent", 0)[3]["latent"].tolist()
+    assert first and second and first != second
+
+
+def test_fallback_ranking_is_the_post_instruction_peak(bare_ctx: WebContext) -> None:
+    """Without the why stage, latents rank by their peak over the post-instruction tokens only,
+    never over the shared system prompt or the first token (brute force over the dense codes)."""
+    layer = bare_ctx.layer
+    _, _, _, top, why = prompts.prompt_explore(bare_ctx, 3, layer, "latent", 0)
+    assert "not attribution" in why and "refusal-explorer analyze why" in why and "analyze greedy" in why
+    d_sae = bare_ctx.study.codes(layer).d_sae
+    dense = bare_ctx.study.codes(layer).prompt_dense(3, np.arange(d_sae))[-bare_ctx.study.meta.n_positions :].max(axis=0)
+    expected = [int(i) for i in np.argsort(-dense, kind="stable")[: len(top)] if dense[i] > 0]
+    assert top["latent"].tolist() == expected and np.allclose(top["activation"], dense[expected], atol=1e-4)
+    assert top["attribution"].isna().all()
 
 
 def test_direction_colour_is_the_reconstruction_projection(ctx: WebContext) -> None:
@@ -145,7 +160,7 @@ def test_direction_colour_is_the_reconstruction_projection(ctx: WebContext) -> N
     dense = codes.prompt_dense(2, np.arange(512))  # [tokens, d_sae]
     expected = dense @ (ctx.candidates.cosine * codes.stats()["decoder_norm"])
     assert np.allclose(colour, expected, atol=1e-4)
-    tokens, facts, _, _ = prompts.prompt_explore(ctx, 2, 6, "direction", None)
+    tokens, facts, _, _, _ = prompts.prompt_explore(ctx, 2, 6, "direction", None)
     assert "refusal direction" in facts and len(tokens) == len(colour)
 
 

@@ -1,0 +1,38 @@
+"""`refusal-explorer analyze why STUDY.h5`: each prompt's latents ranked by attribution to its refusal score."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from explorer.cli.options import ConfigOptions
+from explorer.cli.shell import Report, StageContext, stage
+from explorer.results import CandidateResult
+
+OPTIONS = ConfigOptions("explorer.why:WhyConfig", skip=("layer",))
+
+
+def summary_text(f: dict[str, Any]) -> str:
+    return "\n".join([
+        f"why        layer {f['layer']}, {f['prompts']} prompts ranked, top {f['top_n']} latents each, "
+        f"attribution over the last {f['positions']} (post-instruction) tokens",
+        f"top latent {f['distinct_top_latents']} distinct first-ranked latents (most common: {f['most_common_top']})",
+        f"cost       {f['forwards']} forwards",
+    ])
+
+
+@stage("why", OPTIONS, extra=[click.option("--layer", type=int, help="SAE layer (default: the candidates' layer).")],
+       demo=())
+def why(ctx: StageContext) -> Report:
+    """Rank each prompt's latents by their attribution to its own refusal score (for the viewers' why view)."""
+    from explorer.why import run_why
+
+    layer = ctx.values.pop("layer")
+    if layer is None:
+        candidates = CandidateResult.load(ctx.study, ctx.run)
+        layer = candidates.layer if candidates is not None else None
+    layer = ctx.sae_layer(layer)
+    config = ctx.config(layer=layer)
+    result, summary = run_why(ctx.study, ctx.live([layer]), config)
+    return Report(result, config, summary, summary_text(summary))
