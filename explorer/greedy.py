@@ -20,6 +20,7 @@ For a joint search the flip must hold on every prompt, and scores are prompt mea
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -60,6 +61,9 @@ class GreedyConfig:
     """Prompts to search (None = harmful prompts the fast score calls refused)."""
     max_prompts: int = 8
     """At most this many prompts (the first ones)."""
+    time_budget_s: float | None = None
+    """Start no new search after this many seconds (None = no limit); the searches done are kept
+    and the summary says how many prompts were left unsearched."""
     joint: bool = False
     """Also search one set that must flip every prompt at once (appended as the last set)."""
     generate: int = 24
@@ -73,6 +77,8 @@ class GreedyConfig:
     def __post_init__(self) -> None:
         if self.k < 1 or self.max_prompts < 1 or self.max_batch < 1 or self.generate < 0:
             raise InputError("--k, --max-prompts and --max-batch must be ≥ 1, --generate ≥ 0")
+        if self.time_budget_s is not None and not self.time_budget_s > 0:
+            raise InputError("--time-budget-s must be positive")
         if self.order not in ("ascending", "thresholded"):
             raise InputError(f"--order must be ascending or thresholded, not {self.order!r}")
         if self.ranking not in ("cosine", "attribution", "integrated_gradients"):
@@ -208,7 +214,10 @@ def run_greedy(
         raise InputError(f"none of the chosen prompts is refused (score > {threshold:g}) by the live model")
     groups = [[p] for p in refused] + ([refused] if config.joint and len(refused) > 1 else [])
     traces = []
+    started = time.monotonic()
     for group in tqdm(groups, desc=f"greedy ({config.order})", unit="set", disable=not progress):
+        if config.time_budget_s is not None and time.monotonic() - started > config.time_budget_s and traces:
+            break  # out of time: keep what was searched (the summary counts the rest as unsearched)
         active = ev.active_latents(group[0]) if len(group) == 1 else ev.active_latents()
         start = top_latents(candidates, config.ranking, config.k, allowed=active if config.active_only else None)
         traces.append(search(
@@ -226,8 +235,12 @@ def run_greedy(
             if mine:
                 flipped[s] = int(all(complies[r] for r in mine))
                 base_gen[s], abl_gen[s] = before[mine[0]], after[mine[0]]
-    result = _result(traces, chosen, config, threshold, flipped, base_gen, abl_gen, joint=len(groups) > len(refused))
-    return result, _summary(traces, result, ev, chosen)
+    joint = len(groups) > len(refused) and len(traces) == len(groups)
+    result = _result(traces, chosen, config, threshold, flipped, base_gen, abl_gen, joint=joint)
+    summary = _summary(traces, result, ev, chosen)
+    summary["seconds"] = round(time.monotonic() - started, 1)
+    summary["unsearched"] = len(refused) - sum(len(t.prompts) == 1 for t in traces)
+    return result, summary
 
 
 def _result(

@@ -26,12 +26,14 @@ def summary_text(f: dict[str, Any]) -> str:
     if f["generate"]:
         lines.append(f"verified   {f['verified']} sets comply by generation, {f['verified_fail']} still refuse")
     lines.append(f"cost       {f['forwards_from_layer']} batched forwards from layer {layer} ({f['rows']} rows)"
-                 f" + {f['prepare_forwards']} to layer {layer}")
+                 f" + {f['prepare_forwards']} to layer {layer}; {f['seconds']:.0f} s")
+    if f["unsearched"]:
+        lines.append(f"budget     the time budget ran out: {f['unsearched']} refused prompts were not searched")
     return "\n".join(lines)
 
 
 @stage("greedy", OPTIONS, extra=[click.option("--layer", type=int, help="SAE layer (default: the candidates' layer).")],
-       demo=("--k", "32", "--max-prompts", "5", "--generate", "24"))
+       demo=("--k", "32", "--max-prompts", "1000", "--time-budget-s", "900", "--generate", "24"))
 def greedy(ctx: StageContext) -> Report:
     """Minimal latent sets whose ablation flips refusal, by greedy elimination."""
     from explorer.greedy import run_greedy
