@@ -23,7 +23,7 @@ def summary_text(f: dict[str, Any]) -> str:
 
 
 @stage("why", OPTIONS, extra=[click.option("--layer", type=int, help="SAE layer (default: the candidates' layer).")],
-       demo=())
+       demo=("--prompts", "harmful"))
 def why(ctx: StageContext) -> Report:
     """Rank each prompt's latents by their attribution to its own refusal score (for the viewers' why view)."""
     from explorer.why import run_why
