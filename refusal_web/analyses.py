@@ -146,7 +146,6 @@ def dormant_latents(ctx: WebContext) -> tuple[str, pd.DataFrame]:
     ]
     frame = pd.DataFrame({
         "latent": table.latent, "layer": table.layer,
-        **({"prompt": table.prompt} if len(table.prompt) == len(table.latent) else {}),  # older studies lack it
         "baseline": rounded(table.baseline_activation),
         "ablated": rounded(table.ablated_activation),
         "refusal_effect": rounded(table.refusal_effect),

@@ -71,7 +71,7 @@ class GraphScreen(StudyScreen):
     def _selected(self, event: Tree.NodeSelected) -> None:
         if event.node.data is not None:
             layer, latent = event.node.data
-            self.app.open_latent(int(latent), int(layer))  # type: ignore[attr-defined]
+            self.open_latent(int(latent), int(layer))
 
 
 class CategoriesScreen(StudyScreen):
@@ -132,7 +132,7 @@ class CategoriesScreen(StudyScreen):
         latents = self.result.specific_of(c)
         latents = latents if len(latents) else self.result.top_of(c)
         if len(latents):
-            self.app.open_latent(int(latents[0]), int(self.result.layer))  # type: ignore[attr-defined]
+            self.open_latent(int(latents[0]), int(self.result.layer))
 
 
 class JailbreakScreen(StudyScreen):
@@ -192,7 +192,7 @@ class JailbreakScreen(StudyScreen):
     @on(DataTable.RowSelected, "#jb-table")
     def _selected(self, event: DataTable.RowSelected) -> None:
         if self.result is not None and event.row_key.value is not None:
-            self.app.open_latent(self.most_damped[int(event.row_key.value)], int(self.result.layer))  # type: ignore[attr-defined]
+            self.open_latent(self.most_damped[int(event.row_key.value)], int(self.result.layer))
 
 
 class ProbeScreen(StudyScreen):
