@@ -122,9 +122,14 @@ def frequency_bars(pairs: list[tuple[str, float]], *, width: int = 20) -> Text:
         style = "red" if label == "harmful" else "green" if label == "harmless" else ""
         text.append(f"{label:<{label_width}} ")
         text.append(bar(value, width).ljust(width), style=style)
-        text.append(f" {value:6.1%}\n" if math.isfinite(value) else "    n/a\n")
+        text.append(f" {percent(value):>6}\n" if math.isfinite(value) else "    n/a\n")
     text.rstrip()
     return text
+
+
+def percent(value: float) -> str:
+    """A share as a percentage; a share too small to show at 0.1% but not zero says so."""
+    return "<0.1%" if 0 < value < 0.0005 else f"{value:.1%}"
 
 
 def number(value: float, spec: str = "+.3f", missing: str = "·") -> str:
