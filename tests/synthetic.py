@@ -229,21 +229,32 @@ def make_greedy(layer: int, prompts: list[int], sets: list[list[int]], *, thresh
 
 
 def _write_why(path: Path, run: str, config: SyntheticConfig, rng: np.random.Generator) -> None:
-    """Per-prompt attribution rankings: on a harmful prompt the planted latents lead, rotated so
-    that prompts differ; a harmless prompt's latents carry little attribution."""
+    """Per-prompt attribution rankings over the latents active on each prompt's post-instruction
+    tokens (as the real stage gives: a silent latent has no attribution): on a harmful prompt the
+    planted latents lead, rotated so that prompts differ; a harmless prompt's carry little."""
     from explorer.results import WhyResult
+    from store import Study
 
     planted = list(config.refusal_latents)
     latents, attribution, offsets = [], [], [0]
-    for p in range(config.n_prompts):
-        harmful = p % 2 == 0  # _batch alternates harmful, harmless
-        shift = p % len(planted)
-        ids = (planted[shift:] + planted[:shift] if harmful else []) + [int(x) for x in rng.choice(
-            [i for i in range(config.d_sae) if i not in planted], 6, replace=False)]
-        values = np.sort(rng.random(len(ids)).astype(np.float32))[::-1] * (2.0 if harmful else 0.2)
-        latents += ids
-        attribution += values.tolist()
-        offsets.append(len(latents))
+    with Study(path) as study:
+        codes, n_post = study.codes(config.layers[0]), len(TEMPLATE_SUFFIX)
+        for p in range(config.n_prompts):
+            indptr, indices, values = codes.prompt_codes(p)
+            start = int(indptr[-n_post - 1] - indptr[0])
+            peak: dict[int, float] = {}
+            for i, v in zip(indices[start:].tolist(), values[start:].tolist()):
+                peak[i] = max(peak.get(i, 0.0), v)
+            active = sorted(peak, key=lambda i: -peak[i])  # strongest first, as attribution tends to be
+            harmful = p % 2 == 0  # _batch alternates harmful, harmless
+            shift = p % len(planted)
+            lead = [i for i in planted[shift:] + planted[:shift] if i in active] if harmful else []
+            rest = [i for i in active if i not in lead]
+            ids = lead + rest[:6]
+            values = np.sort(rng.random(len(ids)).astype(np.float32))[::-1] * (2.0 if harmful else 0.2)
+            latents += ids
+            attribution += values.tolist()
+            offsets.append(len(latents))
     n = config.n_prompts
     WhyResult(
         layer=config.layers[0], positions=len(TEMPLATE_SUFFIX), prompt=np.arange(n), offsets=np.array(offsets, np.int64),
