@@ -27,7 +27,7 @@ HELP_TEMPLATE = """\
 | `/` | type a filter (incremental); `enter` on a bare number opens it |
 | `s` / `r` | sort by the next column / reverse (or click a header) |
 | `↑↓ pgup pgdn home end` | move through every row (the table holds a window of them) |
-| `enter` | open the row · `L` next layer with SAE codes · `e` export the rows shown to CSV |
+| `enter` | open the row · `L` next layer with SAE codes · `x` export the rows shown to CSV |
 
 {features}
 

@@ -36,7 +36,7 @@ class TableScreen(StudyScreen):
         Binding("s", "sort_next", "Sort"),
         Binding("r", "reverse", "Reverse"),
         Binding("escape", "focus_table", "To table", show=False),
-        Binding("e", "export_csv", "CSV"),
+        Binding("x", "export_csv", "CSV"),
     ]
     AUTO_FOCUS = "#table"
     COLUMNS: ClassVar[tuple[tuple[str, str, int], ...]] = ()  # (column key, label, width)

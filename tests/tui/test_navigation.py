@@ -136,7 +136,7 @@ async def test_csv_export_of_the_rows_shown(study_path: Path, tmp_path: Path, mo
         await settle(pilot, app, delay=TYPE_DELAY)
         order = app.screen.grid.order.tolist()
         app.screen.grid.focus()
-        await pilot.press("e")
+        await pilot.press("x")
         await settle(pilot, app)
     files = list(tmp_path.glob("*.csv"))
     assert len(files) == 1
