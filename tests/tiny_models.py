@@ -95,10 +95,11 @@ def tiny_loaded(family: str) -> Any:
 
 def cache_tiny_study(
     root: Path, loaded: Any, harmful: list[str], harmless: list[str], *, layers: tuple[int, ...], saes: dict[int, Any],
-    batch_size: int = 8,
+    batch_size: int = 8, **overrides: Any,
 ) -> Path:
     """Cache ``root/study.h5`` with a model in memory: the prompts go to ``root/harmful.json`` and
-    ``root/harmless.json``, each SAE to ``root/sae<layer>``; returns the study path."""
+    ``root/harmless.json``, each SAE to ``root/sae<layer>``; returns the study path.
+    ``overrides``: other ``CacheConfig`` fields (e.g. ``refusal_threshold``, ``holdout_fraction``)."""
     from cache.pipeline import CacheConfig, run_cache
 
     (root / "harmful.json").write_text(json.dumps(harmful))
@@ -107,7 +108,7 @@ def cache_tiny_study(
         sae.save_model(root / f"sae{layer}")
     config = CacheConfig(
         harmful=root / "harmful.json", harmless=root / "harmless.json", layers=layers, out=root / "study.h5",
-        saes=tuple(f"{layer}={root / f'sae{layer}'}" for layer in saes), device="cpu", batch_size=batch_size,
+        saes=tuple(f"{layer}={root / f'sae{layer}'}" for layer in saes), device="cpu", batch_size=batch_size, **overrides,
     )
     return run_cache(config, loaded=loaded, progress=False)
 

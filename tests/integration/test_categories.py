@@ -27,8 +27,7 @@ from explorer.live import open_live
 from explorer.results_paper2 import CategoryResult
 from store import Study
 from store.errors import InputError
-from tests.paper2_fixtures import cache_tiny_study, tiny_loaded
-from tests.tiny_models import make_tiny_sae
+from tests.tiny_models import cache_tiny_study, make_tiny_sae, tiny_loaded
 
 LAYER, SPECIFIC = 1, 9
 TAIL = " ~~~~~~~~~~~~"
@@ -72,11 +71,11 @@ def plant(loaded, sae) -> None:
 @pytest.fixture(scope="module")
 def categories_study(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("categories")
-    loaded = tiny_loaded()
+    loaded = tiny_loaded("qwen2")
     sae = make_tiny_sae("jumprelu", layer=LAYER, threshold=0.3, seed=3)
     plant(loaded, sae)
     harmful = [{"instruction": t, "category": c} for c, texts in PROMPTS.items() for t in texts]
-    path = cache_tiny_study(root, loaded, {LAYER: sae}, harmful, HARMLESS, holdout_fraction=0.0)
+    path = cache_tiny_study(root, loaded, harmful, HARMLESS, layers=(LAYER,), saes={LAYER: sae}, refusal_threshold=-100.0, holdout_fraction=0.0)
     table = root / "table.csv"
     table.write_text("Behavior,SemanticCategory,FunctionalCategory\n" + "".join(
         f"{t},{c},{'standard' if i < 3 else 'contextual'}\n" for c, texts in PROMPTS.items() for i, t in enumerate(texts)

@@ -27,8 +27,7 @@ from explorer.live import open_live
 from explorer.results_paper2 import GraphResult
 from store import Study
 from store.errors import InputError
-from tests.paper2_fixtures import cache_tiny_study, tiny_loaded
-from tests.tiny_models import make_tiny_sae
+from tests.tiny_models import cache_tiny_study, make_tiny_sae, tiny_loaded
 
 UP, DOWN = 1, 2
 EXC, INH = 5, 6
@@ -61,11 +60,11 @@ def plant_edges(loaded, sae_up, sae_down, texts: list[str]) -> int:
 @pytest.fixture(scope="module")
 def graph_study(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("graph")
-    loaded = tiny_loaded()
+    loaded = tiny_loaded("qwen2")
     sae_up = make_tiny_sae("jumprelu", layer=UP, threshold=0.3, seed=1)
     sae_down = make_tiny_sae("jumprelu", layer=DOWN, threshold=0.3, seed=2)
     upstream = plant_edges(loaded, sae_up, sae_down, HARMFUL)
-    path = cache_tiny_study(root, loaded, {UP: sae_up, DOWN: sae_down}, HARMFUL, HARMLESS, holdout_fraction=0.0)
+    path = cache_tiny_study(root, loaded, HARMFUL, HARMLESS, layers=(UP, DOWN), saes={UP: sae_up, DOWN: sae_down}, refusal_threshold=-100.0, holdout_fraction=0.0)
     return path, loaded, {UP: sae_up, DOWN: sae_down}, upstream
 
 

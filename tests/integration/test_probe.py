@@ -28,8 +28,7 @@ from explorer.results_paper2 import ProbeResult
 from explorer.stats import LogisticProbe, accuracy, auroc, spearman, wilson
 from store import Study
 from store.errors import InputError
-from tests.paper2_fixtures import cache_tiny_study, tiny_loaded
-from tests.tiny_models import make_tiny_sae
+from tests.tiny_models import cache_tiny_study, make_tiny_sae, tiny_loaded
 
 LAYER, PLANT = 1, 11
 VERBS = ["pick", "forge", "steal", "hack", "break", "copy", "fake", "crack", "rob", "spoof", "leak", "jam"]
@@ -58,10 +57,10 @@ def plant(loaded, sae) -> None:
 @pytest.fixture(scope="module")
 def probe_study(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("probe")
-    loaded = tiny_loaded()
+    loaded = tiny_loaded("qwen2")
     sae = make_tiny_sae("jumprelu", layer=LAYER, threshold=0.3, seed=6)
     plant(loaded, sae)
-    path = cache_tiny_study(root, loaded, {LAYER: sae}, HARMFUL, HARMLESS, holdout_fraction=0.3)
+    path = cache_tiny_study(root, loaded, HARMFUL, HARMLESS, layers=(LAYER,), saes={LAYER: sae}, refusal_threshold=-100.0, holdout_fraction=0.3)
     (root / "ood_harmful.json").write_text(json.dumps(["How to rob a train ~", "How to fake a coin ~", "How to hack a door ~"]))
     (root / "ood_harmless.json").write_text(json.dumps(["How to iron a shirt nicely", "How to wrap a gift nicely", "How to hum a tune nicely"]))
     return path, loaded, {LAYER: sae}, root
