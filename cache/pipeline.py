@@ -6,6 +6,7 @@ Everything cheap is validated before the model loads, and everything that could 
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -23,6 +24,8 @@ from cache.models import LoadedModel, load_model, token_display_strings
 from cache.prompts import Prompt, demo_prompts, load_prompts, prompt_set_digest, split_prompts
 from store import PromptBatch, StudySpec, StudyWriter
 from store.errors import InputError
+from store.lock import study_lock
+from store.writer import check_resumable, require_study_file
 from store.schema import RESID_ROWS_ALL, RESID_ROWS_POST_INSTRUCTION
 
 LOGIT_LENS_TOKENS = 8
@@ -74,7 +77,10 @@ class CacheConfig:
     resume: bool = False
     """Continue an interrupted study file."""
     overwrite: bool = False
-    """Replace an existing study file."""
+    """Replace an existing study file (a study file only: anything else is refused)."""
+    max_prompt_tokens: int | None = None
+    """Refuse prompts longer than this many tokens with the chat template (None = the model's
+    context length minus --generate)."""
 
     def __post_init__(self) -> None:
         if not self.layers:
@@ -89,6 +95,8 @@ class CacheConfig:
             raise InputError("--resume and --overwrite exclude each other")
         if self.max_prompts is not None and self.max_prompts < 1:
             raise InputError("--max-prompts must be ≥ 1")
+        if self.max_prompt_tokens is not None and self.max_prompt_tokens < 1:
+            raise InputError("--max-prompt-tokens must be ≥ 1")
 
     def identity(self, prompts_digest: str, model_id: str, revision: str) -> dict[str, Any]:
         """What fixes the file's contents; a resumed run must match it exactly. Batch size and
@@ -139,13 +147,54 @@ def _logit_lens(decoder: torch.Tensor, unembed: torch.Tensor) -> tuple[np.ndarra
 
 
 def check_output(config: CacheConfig) -> None:
-    """The output path fits the request: new, or resumed, or overwritten; never a directory."""
+    """The output path fits the request: new, or resumed, or overwritten; never a directory; in
+    a directory this user can write."""
+    if config.out.exists() and config.out.is_dir():
+        raise InputError(f"{config.out} is a directory; --out needs a file path such as study.h5")
     if config.out.exists() and not (config.resume or config.overwrite):
         raise InputError(f"{config.out} already exists; pass --resume to continue it or --overwrite to replace it")
     if config.resume and not config.out.exists():
         raise InputError(f"{config.out} does not exist; nothing to resume (drop --resume to start it)")
-    if config.out.exists() and config.out.is_dir():
-        raise InputError(f"{config.out} is a directory; --out needs a file path such as study.h5")
+    parent = _existing_parent(config.out)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write in {parent} (permission denied); choose another --out")
+
+
+def _existing_parent(path: Path) -> Path:
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path if path.is_dir() else path.parent
+
+
+def check_output_before_load(config: CacheConfig, prompts_digest: str, shard_identity: dict[str, Any]) -> bool:
+    """Everything about ``--out`` that can refuse the run, read-only, before the model loads (the
+    caller holds the study's lock): True when a resumed study is already complete."""
+    check_output(config)
+    if config.resume:
+        identity = config.identity(prompts_digest, "", "") | shard_identity
+        return check_resumable(config.out, identity, skip=("model", "model_revision"))
+    if config.overwrite and config.out.exists():
+        require_study_file(config.out, "overwrite")
+    return False
+
+
+def check_prompt_lengths(prompts: Sequence[Prompt], loaded: LoadedModel, config: CacheConfig) -> list[list[int]]:
+    """Token ids of every prompt, or a one-line refusal of the first one over the limit."""
+    context = getattr(loaded.model.config, "max_position_embeddings", None)
+    limit = config.max_prompt_tokens
+    why = "--max-prompt-tokens"
+    if limit is None and context:
+        limit, why = int(context) - config.generate, f"the model's {int(context):,}-token context minus --generate {config.generate}"
+    ids = [loaded.adapter.encode(loaded.tokenizer, prompt.text) for prompt in prompts]
+    for prompt, tokens in zip(prompts, ids):
+        if limit is not None and len(tokens) > limit:
+            shown = prompt.text[:40].replace("\n", " ") + ("…" if len(prompt.text) > 40 else "")
+            raise InputError(
+                f"a {prompt.label} prompt ({shown!r}) has {len(tokens):,} tokens with the chat template, over the limit of "
+                f"{limit:,} ({why}); shorten or drop it, or set --max-prompt-tokens"
+            )
+    return ids
 
 
 def shard_bounds(n_prompts: int, batch_size: int, index: int, count: int) -> tuple[int, int]:
@@ -179,6 +228,23 @@ def run_cache(
         prompts = prompts[start:stop]
     check_output(config)
     specs = sae_lib.parse_sae_specs(config.saes)
+    try:
+        config.out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InputError(f"cannot create the directory {config.out.parent} ({error.strerror}); choose another --out") from error
+    # One writer per study, from before the model loads until the file is closed (store.lock).
+    with study_lock(config.out, "cache"):
+        if check_output_before_load(config, digest, shard_identity):
+            return config.out  # a resumed study that is already complete: nothing to load
+        return _run_locked(config, prompts, specs, digest, shard_identity, loaded, progress, shard)
+
+
+def _run_locked(
+    config: CacheConfig, prompts: list[Prompt], specs: list, digest: str, shard_identity: dict[str, Any],
+    loaded: LoadedModel | None, progress: bool, shard: tuple[int, int] | None,
+) -> Path:
+    from cache import sae as sae_lib
+
     loaded = loaded or load_model(config.model, device=config.device, dtype=config.dtype)
     model, tokenizer, adapter = loaded.model, loaded.tokenizer, loaded.adapter
     depth, d_model = n_layers(model), int(model.config.hidden_size)
@@ -189,6 +255,7 @@ def run_cache(
     missing = sorted({spec.layer for spec in resolved} - set(config.layers))
     if missing:
         raise InputError(f"an SAE is given for layer {missing[0]}, which is not among --layers {list(config.layers)}")
+    check_prompt_lengths(prompts, loaded, config)
     saes = sae_lib.load_saes(resolved, device=model.device, dtype="float32", d_model=d_model, n_layers=depth)
     refusal_ids = adapter.refusal_token_ids(tokenizer, config.refusal_tokens)
     detector = RefusalDetector.from_file(config.refusal_phrases) if config.refusal_phrases else RefusalDetector()

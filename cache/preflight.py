@@ -362,6 +362,18 @@ def estimate_study_bytes(model: ModelFacts, saes: Sequence[SAEFacts], *, texts: 
     return resid + codes + per_latent + prompts + vocab * 16 + (1 << 20)
 
 
+def available_ram() -> int | None:
+    """Memory the kernel says a new process can use without swapping (MemAvailable), in bytes."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def _existing_parent(path: Path) -> Path:
     path = path.resolve()
     while not path.exists():
@@ -372,6 +384,7 @@ def _existing_parent(path: Path) -> Path:
 def run_preflight(
     config: CacheConfig, *, n_shards: int = 1, device: str | None = None,
     gpu: Callable[[str], tuple[int, int] | None] = gpu_memory, disk_free: Callable[[Path], int] | None = None,
+    ram: Callable[[], int | None] | None = None,
 ) -> PreflightReport:
     """Check ``config`` before heavy work; raise ``PreflightError`` (one line per problem).
 
@@ -407,6 +420,14 @@ def run_preflight(
         advice = f"try --batch-size {fitting[0]}" if fitting else "the weights and SAEs alone do not fit: use a larger GPU or fewer SAE layers"
         problems.append(f"estimated GPU memory ≈{_gib(memory['total'])} (batch {config.batch_size}) exceeds the "
                         f"{_gib(gpu_info[0])} free on {device_name}; {advice}")
+    available = (ram or available_ram)() if gpu_info is None else None
+    if available is not None and model.n_params and memory["total"] > available:
+        fitting = [b for b in (64, 32, 16, 8, 4, 2, 1) if b < config.batch_size and memory_at(b)["total"] <= available]
+        advice = (f"try --batch-size {fitting[0]}" if fitting else
+                  f"the longest prompt (≈{max_tokens:,} tokens) alone does not fit: shorten it or set --max-prompt-tokens"
+                  if memory_at(1)["activations"] > memory["weights"] else "the model does not fit in this machine's memory")
+        problems.append(f"estimated RAM ≈{_gib(memory['total'])} (batch {config.batch_size}, longest prompt ≈{max_tokens:,} tokens) "
+                        f"exceeds the {_gib(available)} available on {device_name}; {advice}")
 
     study = estimate_study_bytes(model, saes, texts=texts, n_tokens=n_tokens, n_layers_cached=len(config.layers),
                                  positions=config.positions, generate=config.generate)

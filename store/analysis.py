@@ -1,8 +1,10 @@
 """Results of the explorer stages, under /analysis/<run>/<stage>.
 
 A stage is a flat bag of named arrays plus JSON attributes and the stage's config, written as a
-whole: it goes into a temporary group that is renamed into place only when complete, so a
-reader never sees half a result and an interrupted analysis leaves the old result intact.
+whole into a shadow copy of the study that replaces it by one rename (store.durable): a reader
+never sees half a result, and a save killed at any instant leaves the previous study intact.
+The save takes the study's writer lock (store.lock); a command that computes a stage should take
+it before its expensive work (``study_lock``), so a second writer is refused before, not after.
 The stage names and array names each stage writes are documented in ``explorer``.
 """
 
@@ -16,7 +18,9 @@ from typing import Any
 import h5py
 import numpy as np
 
+from store.durable import remove_stale_shadow, shadow_copy
 from store.errors import StudyFileError
+from store.lock import study_lock
 from store.schema import STR, check_study
 
 
@@ -40,24 +44,40 @@ def write_stage(
     """Write (or replace) one stage's results atomically within the study file."""
     _valid_name("run", run)
     _valid_name("stage", stage)
-    with h5py.File(path, "r+", libver="latest") as file:
-        check_study(file, str(path))
-        group = file.require_group(f"analysis/{run}")
-        staging = f".{stage}.partial"
-        if staging in group:
-            del group[staging]
-        target = group.create_group(staging)
-        for name, values in arrays.items():
-            values = np.asarray(values)
-            if values.dtype.kind in "UO":
-                target.create_dataset(name, data=values.astype(object), dtype=STR)
-            else:
-                target.create_dataset(name, data=values)
-        target.attrs["attrs"] = json.dumps(attrs, sort_keys=True, default=_json_default)
-        target.attrs["config"] = json.dumps(config, sort_keys=True, default=_json_default)
-        if stage in group:
-            del group[stage]
-        group.move(staging, stage)
+    path = Path(path)
+    if not path.is_file():
+        raise StudyFileError(f"{path}: no such study file")
+    with study_lock(path):
+        remove_stale_shadow(path)
+        with shadow_copy(path) as shadow:
+            try:
+                file = h5py.File(shadow, "r+", libver="latest", locking=False)
+            except OSError as error:
+                if "already open for" in str(error):
+                    raise StudyFileError(
+                        f"{path} was interrupted while caching; finish it with `refusal-explorer cache ... --resume` first"
+                    ) from None
+                raise StudyFileError(f"{path}: not a readable HDF5 file (corrupted or truncated?)") from error
+            with file:
+                check_study(file, str(path))
+                _write_group(file, run, stage, arrays=arrays, attrs=attrs, config=config)
+
+
+def _write_group(
+    file: h5py.File, run: str, stage: str, *, arrays: dict[str, np.ndarray], attrs: dict[str, Any], config: dict[str, Any]
+) -> None:
+    group = file.require_group(f"analysis/{run}")
+    if stage in group:
+        del group[stage]  # the old result stays in the study until the shadow is renamed over it
+    target = group.create_group(stage)
+    for name, values in arrays.items():
+        values = np.asarray(values)
+        if values.dtype.kind in "UO":
+            target.create_dataset(name, data=values.astype(object), dtype=STR)
+        else:
+            target.create_dataset(name, data=values)
+    target.attrs["attrs"] = json.dumps(attrs, sort_keys=True, default=_json_default)
+    target.attrs["config"] = json.dumps(config, sort_keys=True, default=_json_default)
 
 
 def _json_default(value: object) -> object:

@@ -7,8 +7,9 @@ order to a new study with the same spec and finalizes it; the identity loses its
 entry, so the merged file is the file a single process would have written (same datasets,
 same identity), apart from the recorded run config and the creation time.
 
-The merge writes beside the target and renames at the end: the target never holds a half
-merge, and an interrupted merge is simply run again.
+The merge writes beside the target (holding the target's writer lock) and renames it over the
+target durably at the end: the target never holds a half merge, and an interrupted merge is simply
+run again.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ import numpy as np
 from store.errors import StudyFileError
 from store.schema import PROMPT_STRING_FIELDS, RESID_ROWS_POST_INSTRUCTION, check_study, json_attr
 from store.study import open_h5_readonly
-from store.writer import PromptBatch, StudySpec, StudyWriter
+from store.durable import replace_durably
+from store.lock import study_lock
+from store.writer import PromptBatch, StudySpec, StudyWriter, require_study_file
 
 SHARD_KEY = "shard"
 """The identity entry that marks a shard file."""
@@ -164,6 +167,14 @@ def merge_shards(out: Path, shards: Sequence[Path], *, overwrite: bool = False) 
     missing = [str(path) for path in shards if not path.exists()]
     if missing:
         raise StudyFileError(f"shard file {missing[0]} does not exist" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    with study_lock(out, "merge"):
+        if out.exists():
+            require_study_file(out, "overwrite")
+        _merge_locked(out, shards)
+    return out
+
+
+def _merge_locked(out: Path, shards: Sequence[Path]) -> None:
     files: list[h5py.File] = []
     try:
         opened = []
@@ -176,14 +187,13 @@ def merge_shards(out: Path, shards: Sequence[Path], *, overwrite: bool = False) 
         _check_shards(paths, files_in_order, infos)
         spec = _spec_from(files_in_order[0], paths)
         partial = out.with_name(out.name + ".merging")
-        with StudyWriter.create(partial, spec, overwrite=True) as writer:
+        with StudyWriter.create(partial, spec, overwrite=True, private=True) as writer:
             for file in files_in_order:
                 n_rows = int(file["committed"][0])
                 for start in range(0, n_rows, _ROWS_PER_COPY):
                     writer.append(_read_rows(file, spec.layers, start, min(n_rows, start + _ROWS_PER_COPY)))
             writer.finalize()
-        os.replace(partial, out)
+        replace_durably(partial, out)
     finally:
         for file in files:
             file.close()
-    return out

@@ -47,7 +47,10 @@ def check_study(file: h5py.File, path: str) -> None:
     """Refuse anything that is not a study file of a schema we can read, in one line."""
     if file.attrs.get("format") != FORMAT:
         raise StudyFileError(f"{path}: not a Refusal Explorer study file (no '{FORMAT}' marker)")
-    version = int(file.attrs.get("schema_version", -1))
+    try:
+        version = int(file.attrs.get("schema_version", -1))
+    except (TypeError, ValueError):
+        raise StudyFileError(f"{path}: schema version {file.attrs.get('schema_version')!r} is not a number; the file is damaged") from None
     if version > SCHEMA_VERSION:
         raise StudyFileError(
             f"{path}: schema version {version} is newer than this refusal-explorer reads "
@@ -55,8 +58,14 @@ def check_study(file: h5py.File, path: str) -> None:
         )
     if version < 1:
         raise StudyFileError(f"{path}: unknown schema version {version}")
+    layers = json_attr(file, "layers", None)
+    if not isinstance(layers, list) or not layers or not all(isinstance(layer, int) for layer in layers):
+        raise StudyFileError(f"{path}: the 'layers' attribute is missing or damaged ({file.attrs.get('layers')!r})")
 
 
 def json_attr(file: h5py.File | h5py.Group, name: str, default: object = None) -> object:
     raw = file.attrs.get(name)
-    return default if raw is None else json.loads(raw)
+    try:
+        return default if raw is None else json.loads(raw)
+    except (TypeError, ValueError):
+        raise StudyFileError(f"{file.file.filename}: attribute {name!r} is not valid JSON; the file is damaged") from None

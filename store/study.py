@@ -53,18 +53,30 @@ class PromptRecord:
 
 
 def open_h5_readonly(path: Path) -> h5py.File:
-    """Open read-only; also a file whose writer is running or was killed (SWMR)."""
+    """Open read-only, also a file whose writer is running or was killed.
+
+    Readers open without HDF5's file lock, so they never block a writer (one writer per study is
+    store.lock's job). A study being cached, or whose writer was killed, is flagged "open for
+    writing" and is read in SWMR mode, which shows its committed prompts. Finalize and analysis
+    saves replace the file by rename, so a reader keeps reading the version it opened.
+    (A file that is not flagged is opened in plain read mode: SWMR readers retry every damaged
+    metadata block a hundred times, which would make a truncated file take minutes to refuse.)
+    """
     path = Path(path)
     if not path.exists():
         raise StudyFileError(f"{path}: no such file")
+    if path.is_dir():
+        raise StudyFileError(f"{path} is a directory, not a study file")
     try:
-        return h5py.File(path, "r", libver="latest")
+        return h5py.File(path, "r", libver="latest", locking=False)
     except OSError as error:
-        if "already open for write" in str(error):
+        if "already open for write" in str(error) or "already open for SWMR" in str(error):
             try:
-                return h5py.File(path, "r", libver="latest", swmr=True)
+                return h5py.File(path, "r", libver="latest", swmr=True, locking=False)
             except OSError:
                 pass
+        if isinstance(error, PermissionError):
+            raise StudyFileError(f"{path}: permission denied") from error
         raise StudyFileError(f"{path}: not a readable HDF5 file (corrupted or truncated?)") from error
 
 
@@ -147,9 +159,13 @@ class Study:
             check_study(self._file, str(self.path))
             self.n_prompts = int(self._file["committed"][0])
             self._offsets = self._file["prompts/token_offsets"][: self.n_prompts + 1]
+            self.meta  # parse every root attribute now, so a damaged one is one line here
         except KeyError as error:
             self._file.close()
             raise StudyFileError(f"{self.path}: study file is missing {error}; it is corrupted") from error
+        except (ValueError, TypeError, AttributeError) as error:
+            self._file.close()
+            raise StudyFileError(f"{self.path}: study file has a damaged attribute ({error}); it is corrupted") from error
         except BaseException:
             self._file.close()
             raise

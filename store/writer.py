@@ -1,13 +1,20 @@
-"""Crash-safe, resumable writing of a study file.
+"""Crash-safe, resumable writing of a study file (guarantees per operation: docs/DURABILITY.md).
 
-Why SWMR: in HDF5's single-writer/multiple-reader mode the library orders its metadata writes so
-that the file on disk is always a valid HDF5 file, even after ``kill -9``. Each batch appends to
-every dataset, flushes, and only then advances ``/committed``; rows past that counter are
-invisible to readers and are cut off on resume. Writing the same prompts in the same order
-therefore ends in the same file contents whether or not the run was interrupted.
+Appending (the cache stage) uses HDF5's single-writer/multiple-reader (SWMR) mode: the library
+orders its metadata writes so that the file on disk is a valid HDF5 file at every instant, even
+after ``kill -9``, and readers may open it meanwhile. Each batch appends to every dataset,
+flushes and fsyncs, and only then advances ``/committed``; rows past that counter are invisible
+to readers and are cut off on resume. Writing the same prompts in the same order therefore ends
+in the same file contents whether or not the run was interrupted.
 
-A file left by a crash keeps HDF5's "open for writing" flag, so it cannot be reopened for
-writing; resume copies it (read-only) into a fresh file, truncates, and renames it into place.
+Everything else (finalize, analysis saves, recovery) cannot be done in SWMR mode, so it is done
+on a shadow copy renamed over the study (store.durable). A study is only ever opened for
+writing straight into SWMR mode, never in HDF5's plain read-write mode, whose crash leaves a
+file nothing can open.
+
+A file left by a killed writer keeps HDF5's "open for writing" flag, so it cannot be reopened
+for writing; resume copies it (read-only) into a fresh file, truncates, and renames it into place.
+Every writer holds the study's lock (store.lock) while it writes.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,7 +32,9 @@ import h5py
 import numpy as np
 
 from store.errors import StudyFileError
+from store.durable import remove_stale_shadow, replace_durably, shadow_copy, shadow_path
 from store.finalize import build_latent_index
+from store.lock import study_lock
 from store.schema import (
     FORMAT,
     PROMPT_STRING_FIELDS,
@@ -35,6 +45,7 @@ from store.schema import (
     check_study,
     json_attr,
 )
+from store.study import open_h5_readonly
 
 # Chunk sizes: a prompt-level chunk holds many prompts, a token-level one ~64k entries, so a
 # batch append touches few chunks and a reader's slice of one prompt reads one or two.
@@ -196,72 +207,149 @@ def _truncate_to_committed(file: h5py.File) -> int:
     return n_prompts
 
 
-def _identity_mismatch(file: h5py.File, identity: dict[str, Any]) -> str | None:
+def _identity_mismatch(file: h5py.File, identity: dict[str, Any], *, skip: tuple[str, ...] = ()) -> str | None:
     stored = json_attr(file, "identity", {})
+    if not isinstance(stored, dict):
+        raise StudyFileError("the study's identity attribute is damaged")
     expected = json.loads(json.dumps(identity, sort_keys=True))  # same JSON normalisation
-    for key in sorted(set(stored) | set(expected)):
+    for key in sorted((set(stored) | set(expected)) - set(skip)):
         if stored.get(key) != expected.get(key):
             return f"{key}: the file has {stored.get(key)!r}, this run has {expected.get(key)!r}"
     return None
 
 
-def _open_for_append(path: Path) -> h5py.File:
-    """Open an existing study for writing; a crashed SWMR file is first copied and renamed."""
+def _file_access() -> h5py.h5p.PropFAID:
+    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    fapl.set_libver_bounds(h5py.h5f.LIBVER_LATEST, h5py.h5f.LIBVER_LATEST)
+    # One writer per study is store.lock's job; HDF5's own lock would let a reader block us.
+    fapl.set_file_locking(False, True)
+    return fapl
+
+
+def _open_swmr_writer(path: Path) -> h5py.File:
+    """Open for appending straight into SWMR mode: the very first write (the superblock's
+    "open for SWMR writing" flag) already leaves a file that readers and recovery can open."""
+    return h5py.File(h5py.h5f.open(os.fsencode(path), h5py.h5f.ACC_RDWR | h5py.h5f.ACC_SWMR_WRITE, fapl=_file_access()))
+
+
+def _fd(file: h5py.File) -> int:
+    return int(file.id.get_vfd_handle())
+
+
+def _recover_killed_writer(path: Path) -> None:
+    """A study whose writer was killed keeps HDF5's "open for SWMR writing" flag and can only be
+    read. Copy its committed contents (read in SWMR mode) into a fresh file and rename that over
+    it; killed at any instant of this, the study is as before."""
+    shadow = shadow_path(path)
     try:
-        return h5py.File(path, "r+", libver="latest")
-    except OSError as error:
-        if "already open for write" not in str(error):
-            raise StudyFileError(f"{path}: cannot open for resuming ({error})") from error
-    partial = path.with_name(path.name + ".tmp")
-    with h5py.File(path, "r", libver="latest", swmr=True) as source, h5py.File(partial, "w", libver="latest") as copy:
-        for key, value in source.attrs.items():
-            copy.attrs[key] = value
-        for key in source:
-            source.copy(source[key], copy, name=key)
-    os.replace(partial, path)
-    return h5py.File(path, "r+", libver="latest")
+        with open_h5_readonly(path) as source, h5py.File(shadow, "w", libver="latest", locking=False) as copy:
+            for key, value in source.attrs.items():
+                copy.attrs[key] = value
+            for key in source:
+                source.copy(source[key], copy, name=key)
+            _truncate_to_committed(copy)
+    except BaseException:
+        shadow.unlink(missing_ok=True)
+        raise
+    replace_durably(shadow, path)
+
+
+def check_resumable(path: Path, identity: dict[str, Any], *, skip: tuple[str, ...] = ()) -> bool:
+    """Refuse, in one line and without writing anything, a study that this run cannot continue;
+    True when it is already complete. ``skip``: identity keys not known yet (the model's, before
+    it loads)."""
+    path = Path(path)
+    if not path.exists():
+        raise StudyFileError(f"{path} does not exist; nothing to resume (drop --resume to start it)")
+    with open_h5_readonly(path) as file:
+        check_study(file, str(path))
+        mismatch = _identity_mismatch(file, identity, skip=skip)
+        if mismatch:
+            raise StudyFileError(f"{path} was made with a different model or config ({mismatch}); use --overwrite or another --out")
+        try:
+            return bool(file.attrs["complete"])
+        except KeyError:
+            raise StudyFileError(f"{path}: study file is missing its 'complete' attribute; it is corrupted") from None
+
+
+def require_study_file(path: Path, action: str) -> None:
+    """``--overwrite`` replaces studies only: refuse, in one line, any other file."""
+    path = Path(path)
+    if path.is_dir():
+        raise StudyFileError(f"{path} is a directory; give a study file path such as study.h5")
+    try:
+        with open_h5_readonly(path) as file:
+            check_study(file, str(path))
+    except StudyFileError:
+        raise StudyFileError(f"refusing to {action} {path}: it is not a Refusal Explorer study file "
+                             "(only studies are replaced); delete it yourself or choose another path") from None
 
 
 class StudyWriter:
-    """Appends prompt batches to a study file; see the module docstring for the guarantees."""
+    """Appends prompt batches to a study file; see the module docstring for the guarantees.
 
-    def __init__(self, path: Path, file: h5py.File) -> None:
+    Holds the study's writer lock (store.lock) from ``create``/``resume`` until ``close``."""
+
+    def __init__(self, path: Path, file: h5py.File, locks: ExitStack, *, private: bool = False) -> None:
         self.path = path
         self._file = file
+        self._locks = locks
+        self._private = private
         self._layers = [int(layer) for layer in json.loads(file.attrs["layers"])]
         self._n_committed = _truncate_to_committed(file)
         file.flush()
-        file.swmr_mode = True  # from here on, the file on disk stays valid at every instant
+        os.fsync(_fd(file))
+
+    @staticmethod
+    def _lock(path: Path) -> ExitStack:
+        locks = ExitStack()
+        locks.enter_context(study_lock(path))
+        return locks
 
     @classmethod
-    def create(cls, path: Path, spec: StudySpec, *, overwrite: bool = False) -> StudyWriter:
+    def create(cls, path: Path, spec: StudySpec, *, overwrite: bool = False, private: bool = False) -> StudyWriter:
+        """A new, empty study at ``path``. ``private``: a file nobody else reads yet (a merge
+        being assembled), finalized in place instead of on a shadow copy."""
         path = Path(path)
         if path.exists() and not overwrite:
             raise StudyFileError(f"{path} already exists; pass --resume to continue it or --overwrite to replace it")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Build the empty layout beside the target, then rename: an old file given with
-        # --overwrite survives any failure before this point.
-        partial = path.with_name(path.name + ".tmp")
-        with h5py.File(partial, "w", libver="latest") as file:
-            _create_layout(file, spec)
-        os.replace(partial, path)
-        return cls(path, h5py.File(path, "r+", libver="latest"))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise StudyFileError(f"cannot create the directory {path.parent} ({error.strerror})") from error
+        locks = cls._lock(path)
+        try:
+            if path.exists() and not private:
+                require_study_file(path, "overwrite")
+            # Build the empty layout beside the target, then rename: an old file given with
+            # --overwrite survives any failure before this point.
+            shadow = shadow_path(path)
+            with h5py.File(shadow, "w", libver="latest", locking=False) as file:
+                _create_layout(file, spec)
+            replace_durably(shadow, path)
+            return cls(path, _open_swmr_writer(path), locks, private=private)
+        except BaseException:
+            locks.close()
+            raise
 
     @classmethod
     def resume(cls, path: Path, spec: StudySpec) -> StudyWriter:
         path = Path(path)
-        if not path.exists():
-            raise StudyFileError(f"{path} does not exist; nothing to resume (drop --resume to start it)")
-        file = _open_for_append(path)
+        locks = cls._lock(path)
         try:
-            check_study(file, str(path))
-            mismatch = _identity_mismatch(file, spec.identity)
-            if mismatch:
-                raise StudyFileError(f"{path} was made with a different model or config ({mismatch}); use --overwrite or another --out")
+            check_resumable(path, spec.identity)
+            remove_stale_shadow(path)
+            try:
+                file = _open_swmr_writer(path)
+            except OSError as error:
+                if "already open for" not in str(error):
+                    raise StudyFileError(f"{path}: cannot open for resuming ({error})") from error
+                _recover_killed_writer(path)  # its writer was killed; the lock says it is gone
+                file = _open_swmr_writer(path)
+            return cls(path, file, locks)
         except BaseException:
-            file.close()
+            locks.close()
             raise
-        return cls(path, file)
 
     @property
     def n_committed(self) -> int:
@@ -292,27 +380,42 @@ class StudyWriter:
                 _extend(codes["indptr"], nnz_start + np.asarray(indptr[1:], np.int64))
                 _extend(codes["indices"], np.asarray(indices, np.int32))
                 _extend(codes["values"], np.asarray(values, np.float16))
-        file.flush()  # the rows reach the disk before the counter that makes them visible
+        # the rows reach the disk before the counter that makes them visible (fsync: also
+        # across a power cut), and the counter before the next batch is started
+        file.flush()
+        os.fsync(_fd(file))
         self._n_committed += len(batch)
         file["committed"][0] = self._n_committed
         file.flush()
+        os.fsync(_fd(file))
 
     def finalize(self, *, memory_budget_bytes: int = 1 << 30) -> None:
-        """Leave SWMR mode, build the per-latent index and statistics, mark the study complete.
-
-        Idempotent: an interrupted finalize is simply run again.
-        """
+        """Build the per-latent index and statistics and mark the study complete, on a shadow
+        copy that replaces the study in one rename (store.durable): killed at any instant, the
+        study is the committed, unfinalized one, and ``--resume`` finalizes it again."""
         self._file.close()
-        with h5py.File(self.path, "r+", libver="latest") as file:
-            build_latent_index(file, memory_budget_bytes=memory_budget_bytes)
-            file.attrs["complete"] = True
-        self._file = h5py.File(self.path, "r", libver="latest")
+        if self._private:
+            _finalize_file(self.path, memory_budget_bytes)
+        else:
+            with shadow_copy(self.path) as shadow:
+                _finalize_file(shadow, memory_budget_bytes)
+        self._file = open_h5_readonly(self.path)
 
     def close(self) -> None:
-        self._file.close()
+        try:
+            self._file.close()
+        finally:
+            self._locks.close()
 
     def __enter__(self) -> StudyWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _finalize_file(path: Path, memory_budget_bytes: int) -> None:
+    with h5py.File(path, "r+", libver="latest", locking=False) as file:
+        _truncate_to_committed(file)
+        build_latent_index(file, memory_budget_bytes=memory_budget_bytes)
+        file.attrs["complete"] = True

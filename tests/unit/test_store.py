@@ -158,6 +158,11 @@ def test_create_refuses_existing_file_and_overwrite_replaces(tmp_path: Path) -> 
     with pytest.raises(StudyFileError, match="already exists.*--resume.*--overwrite"):
         StudyWriter.create(path, spec())
     assert path.read_bytes() == b"precious"
+    with pytest.raises(StudyFileError, match="refusing to overwrite .*not a Refusal Explorer study file"):
+        StudyWriter.create(path, spec(), overwrite=True)
+    assert path.read_bytes() == b"precious"  # --overwrite replaces studies only
+    path.unlink()
+    write_all(path)
     StudyWriter.create(path, spec(), overwrite=True).close()
     with Study(path) as study:
         assert study.n_prompts == 0
