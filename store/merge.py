@@ -14,8 +14,8 @@ run again.
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,12 +28,12 @@ from store.schema import PROMPT_STRING_FIELDS, RESID_ROWS_POST_INSTRUCTION, chec
 from store.study import open_h5_readonly
 from store.durable import replace_durably
 from store.lock import study_lock
-from store.writer import PromptBatch, StudySpec, StudyWriter, require_study_file
+from store.rows import ROWS_PER_COPY, read_rows, spec_of
+from store.writer import StudySpec, StudyWriter, require_study_file
 
 SHARD_KEY = "shard"
 """The identity entry that marks a shard file."""
 
-_ROWS_PER_COPY = 256  # prompts copied per append: bounds memory, whatever the shard size
 # Root attributes every shard must agree on (identity aside, which is compared without `shard`).
 _SHARED_ATTRS = ("model_id", "model_revision", "layers", "d_model", "saes", "n_positions", "refusal_threshold")
 
@@ -106,52 +106,10 @@ def _identity_without_shard(file: h5py.File) -> dict[str, Any]:
 
 def _spec_from(file: h5py.File, shard_paths: Sequence[Path]) -> StudySpec:
     """The merged study's spec: the shard's, with the shard marker dropped."""
-    layers = tuple(int(layer) for layer in json.loads(file.attrs["layers"]))
-    first = file[f"layers/{layers[0]}/resid"]
-    sae_layers, sae_arrays = {}, {}
-    for layer in layers:
-        group = file[f"layers/{layer}"]
-        if "codes" in group:
-            sae_layers[layer] = int(group["codes"].attrs["d_sae"])
-            sae_arrays[layer] = {name: dataset[...] for name, dataset in group["sae"].items()}
     config = dict(json_attr(file, "config", {}))
     config.pop(SHARD_KEY, None)
     config["merged_from"] = [Path(path).name for path in shard_paths]
-    return StudySpec(
-        model_id=str(file.attrs["model_id"]), model_revision=str(file.attrs["model_revision"]), layers=layers,
-        d_model=int(file.attrs["d_model"]), resid_rows=str(first.attrs["rows"]), n_positions=int(file.attrs["n_positions"]),
-        vocab=tuple(file["vocab"].asstr()[...].tolist()),
-        sae_layers=sae_layers,
-        sae_info={int(layer): info for layer, info in json_attr(file, "saes", {}).items()},
-        sae_arrays=sae_arrays, identity=_identity_without_shard(file), config=config,
-        refusal_threshold=float(file.attrs["refusal_threshold"]), versions=json_attr(file, "versions", {}),
-    )
-
-
-def _read_rows(file: h5py.File, layers: Sequence[int], start: int, stop: int) -> PromptBatch:
-    """Prompts ``[start, stop)`` of a study file as one batch, exactly as they were appended."""
-    prompts = file["prompts"]
-    offsets = prompts["token_offsets"][start : stop + 1]
-    tok_start, tok_stop = int(offsets[0]), int(offsets[-1])
-    ids = file["tokens/ids"][tok_start:tok_stop]
-    token_ids = np.split(ids, offsets[1:-1] - tok_start)
-    n_positions = int(file.attrs["n_positions"])
-    resid, codes = {}, {}
-    for layer in layers:
-        group = file[f"layers/{layer}"]
-        if group["resid"].attrs["rows"] == RESID_ROWS_POST_INSTRUCTION:
-            resid[layer] = group["resid"][start * n_positions : stop * n_positions]
-        else:
-            resid[layer] = group["resid"][tok_start:tok_stop]
-        if "codes" in group:
-            indptr = group["codes/indptr"][tok_start : tok_stop + 1]
-            low, high = int(indptr[0]), int(indptr[-1])
-            codes[layer] = (indptr - low, group["codes/indices"][low:high], group["codes/values"][low:high])
-    strings = {name: prompts[name].asstr()[start:stop].tolist() for name in PROMPT_STRING_FIELDS}
-    return PromptBatch(
-        **strings, token_ids=token_ids, refusal_score=prompts["refusal_score"][start:stop],
-        refused=prompts["refused"][start:stop], resid=resid, codes=codes,
-    )
+    return dataclasses.replace(spec_of(file), identity=_identity_without_shard(file), config=config)
 
 
 def merge_shards(out: Path, shards: Sequence[Path], *, overwrite: bool = False) -> Path:
@@ -190,8 +148,8 @@ def _merge_locked(out: Path, shards: Sequence[Path]) -> None:
         with StudyWriter.create(partial, spec, overwrite=True, private=True) as writer:
             for file in files_in_order:
                 n_rows = int(file["committed"][0])
-                for start in range(0, n_rows, _ROWS_PER_COPY):
-                    writer.append(_read_rows(file, spec.layers, start, min(n_rows, start + _ROWS_PER_COPY)))
+                for start in range(0, n_rows, ROWS_PER_COPY):
+                    writer.append(read_rows(file, spec.layers, start, min(n_rows, start + ROWS_PER_COPY)))
             writer.finalize()
         replace_durably(partial, out)
     finally:

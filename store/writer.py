@@ -238,16 +238,25 @@ def _fd(file: h5py.File) -> int:
 
 def _recover_killed_writer(path: Path) -> None:
     """A study whose writer was killed keeps HDF5's "open for SWMR writing" flag and can only be
-    read. Copy its committed contents (read in SWMR mode) into a fresh file and rename that over
-    it; killed at any instant of this, the study is as before."""
+    read. Rewrite its committed rows (read in SWMR mode) into a fresh shadow file and rename that
+    over it; killed at any instant of this, the study is as before. (HDF5's object copy is no
+    use here: it copies the uncommitted rows too, whose string heap a kill may have left broken.)
+    """
+    from store.rows import ROWS_PER_COPY, read_rows, spec_of
+
     shadow = shadow_path(path)
     try:
         with open_h5_readonly(path) as source, h5py.File(shadow, "w", libver="latest", locking=False) as copy:
+            spec = spec_of(source)
+            _create_layout(copy, spec)
             for key, value in source.attrs.items():
-                copy.attrs[key] = value
-            for key in source:
-                source.copy(source[key], copy, name=key)
-            _truncate_to_committed(copy)
+                copy.attrs[key] = value  # created_at, versions, …: exactly as the study had them
+            n_committed = int(source["committed"][0])
+            for start in range(0, n_committed, ROWS_PER_COPY):
+                _append_rows(copy, spec.layers, read_rows(source, spec.layers, start, min(n_committed, start + ROWS_PER_COPY)))
+            copy["committed"][0] = n_committed
+            if "analysis" in source:  # saved on the unfinished study before this cache run resumed it
+                source.copy(source["analysis"], copy, name="analysis")
     except BaseException:
         shadow.unlink(missing_ok=True)
         raise
@@ -362,24 +371,7 @@ class StudyWriter:
 
     def append(self, batch: PromptBatch) -> None:
         file = self._file
-        prompts = file["prompts"]
-        for name in PROMPT_STRING_FIELDS:
-            _extend(prompts[name], _strings(getattr(batch, name)))
-        _extend(prompts["refusal_score"], np.asarray(batch.refusal_score, np.float32))
-        _extend(prompts["refused"], np.asarray(batch.refused, np.int8))
-        lengths = np.array([len(ids) for ids in batch.token_ids], np.int64)
-        token_start = int(prompts["token_offsets"][-1])
-        _extend(prompts["token_offsets"], token_start + np.cumsum(lengths))
-        _extend(file["tokens/ids"], np.concatenate(batch.token_ids).astype(np.int32) if len(batch) else np.zeros(0, np.int32))
-        for layer in self._layers:
-            _extend(file[f"layers/{layer}/resid"], np.asarray(batch.resid[layer], np.float16))
-            if f"layers/{layer}/codes" in file:
-                indptr, indices, values = batch.codes[layer]
-                codes = file[f"layers/{layer}/codes"]
-                nnz_start = int(codes["indptr"][-1])
-                _extend(codes["indptr"], nnz_start + np.asarray(indptr[1:], np.int64))
-                _extend(codes["indices"], np.asarray(indices, np.int32))
-                _extend(codes["values"], np.asarray(values, np.float16))
+        _append_rows(file, self._layers, batch)
         # the rows reach the disk before the counter that makes them visible (fsync: also
         # across a power cut), and the counter before the next batch is started
         file.flush()
@@ -412,6 +404,28 @@ class StudyWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _append_rows(file: h5py.File, layers: Sequence[int], batch: PromptBatch) -> None:
+    """Extend every dataset by one batch (the counter ``/committed`` is the caller's)."""
+    prompts = file["prompts"]
+    for name in PROMPT_STRING_FIELDS:
+        _extend(prompts[name], _strings(getattr(batch, name)))
+    _extend(prompts["refusal_score"], np.asarray(batch.refusal_score, np.float32))
+    _extend(prompts["refused"], np.asarray(batch.refused, np.int8))
+    lengths = np.array([len(ids) for ids in batch.token_ids], np.int64)
+    token_start = int(prompts["token_offsets"][-1])
+    _extend(prompts["token_offsets"], token_start + np.cumsum(lengths))
+    _extend(file["tokens/ids"], np.concatenate(batch.token_ids).astype(np.int32) if len(batch) else np.zeros(0, np.int32))
+    for layer in layers:
+        _extend(file[f"layers/{layer}/resid"], np.asarray(batch.resid[layer], np.float16))
+        if f"layers/{layer}/codes" in file:
+            indptr, indices, values = batch.codes[layer]
+            codes = file[f"layers/{layer}/codes"]
+            nnz_start = int(codes["indptr"][-1])
+            _extend(codes["indptr"], nnz_start + np.asarray(indptr[1:], np.int64))
+            _extend(codes["indices"], np.asarray(indices, np.int32))
+            _extend(codes["values"], np.asarray(values, np.float16))
 
 
 def _finalize_file(path: Path, memory_budget_bytes: int) -> None:

@@ -6,9 +6,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import h5py
 import numpy as np
-import pytest
+
+if TYPE_CHECKING:  # pytest stays unimported in the crash tests' subprocesses (tests.crash_scenarios)
+    import pytest
 
 from store import PromptBatch, StudySpec, StudyWriter
 
@@ -67,6 +71,8 @@ def interrupted_at_append(monkeypatch: pytest.MonkeyPatch, number: int) -> Itera
         if calls["n"] == number:
             raise KeyboardInterrupt
         original(self, batch)
+
+    import pytest
 
     monkeypatch.setattr(StudyWriter, "append", append)
     try:
