@@ -31,8 +31,8 @@ def build_app(path: Path, *, run: str = "default", layer: int | None = None) -> 
     study = Study(path)
     try:
         runs = study.analysis_runs()
-        if runs and run not in runs:
-            raise InputError(f"{path}: no analysis run '{run}' (runs: {', '.join(runs)}); choose one with --run")
+        if run not in runs and (runs or run != "default"):  # an unanalysed study opens on the default run
+            raise InputError(f"{path}: no analysis run '{run}' (runs: {', '.join(runs) or 'none yet'}); choose one with --run")
         data = StudyData(study, run=run, layer=layer)
     except BaseException:
         study.close()

@@ -156,8 +156,12 @@ def check_output(config: CacheConfig) -> None:
     if config.resume and not config.out.exists():
         raise InputError(f"{config.out} does not exist; nothing to resume (drop --resume to start it)")
     parent = _existing_parent(config.out)
-    if not os.access(parent, os.W_OK | os.X_OK):
+    if not _writable(parent):
         raise InputError(f"cannot write in {parent} (permission denied); choose another --out")
+
+
+def _writable(directory: Path) -> bool:
+    return os.access(directory, os.W_OK | os.X_OK)
 
 
 def _existing_parent(path: Path) -> Path:

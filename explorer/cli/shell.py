@@ -167,8 +167,13 @@ class StageContext:
             if not with_codes:
                 raise InputError("this study has no SAE codes; re-cache it with `refusal-explorer cache --sae LAYER=…`")
             return with_codes[0]
-        if layer not in study.meta.layers or not study.has_codes(layer):
-            raise InputError(f"layer {layer} has no SAE codes in this study; run `refusal-explorer cache --sae {layer}=…` first")
+        with_codes = [cached for cached in study.meta.layers if study.has_codes(cached)]
+        if layer not in study.meta.layers:
+            raise InputError(f"layer {layer} is not cached in this study (cached: {', '.join(map(str, study.meta.layers))}; "
+                             f"with SAE codes: {', '.join(map(str, with_codes)) or 'none'})")
+        if not study.has_codes(layer):
+            raise InputError(f"layer {layer} has no SAE codes in this study (with codes: {', '.join(map(str, with_codes)) or 'none'}); "
+                             f"re-cache it with `refusal-explorer cache --layers ... --sae {layer}=…`")
         return layer
 
 
@@ -201,10 +206,16 @@ def stage(
     def register(function: Callable[[StageContext], Report]) -> click.Command:
         def run_stage(study: Path, run: str, as_json: bool, device: str = "cpu", **values: Any) -> None:
             from store import Study
+            from store.lock import study_lock
 
             with Study(study) as opened:
-                report = function(StageContext(name, study, opened, run, device, options, values))
-            report.result.save(study, run, config=asdict(report.config) | report.saved_config)
+                pass  # a missing or damaged study is refused before the lock file is made beside it
+            # One writer per study (store.lock), held from before the model loads until the save:
+            # a second writer is refused now, not after the work.
+            with study_lock(study, f"analyze {name}"):
+                with Study(study) as opened:
+                    report = function(StageContext(name, study, opened, run, device, options, values))
+                report.result.save(study, run, config=asdict(report.config) | report.saved_config)
             saved = f"{study}:/analysis/{run}/{name}"
             facts = {"stage": name, "study": str(study), "run": run, **report.facts, "saved": saved}
             emit(facts, f"{report.text}\nsaved      {saved}", as_json=as_json)

@@ -9,6 +9,7 @@ import click
 from explorer.cli.options import ConfigOptions
 from explorer.cli.shell import Report, StageContext, stage
 from explorer.results import CandidateResult
+from store.errors import InputError
 
 OPTIONS = ConfigOptions("explorer.greedy:GreedyConfig", skip=("layer",), flags={"active_only": "--active-only/--all-latents"})
 
@@ -42,6 +43,9 @@ def greedy(ctx: StageContext) -> Report:
     layer = ctx.values.pop("layer")
     layer = ctx.sae_layer(candidates.layer if layer is None else layer)
     config = ctx.config(layer=layer)
+    d_sae = ctx.study.codes(layer).d_sae
+    if config.k > d_sae:
+        raise InputError(f"--k {config.k} is more than the {d_sae} latents of layer {layer}'s SAE; choose --k ≤ {d_sae}")
     result, summary = run_greedy(ctx.study, ctx.live([layer]), candidates, config)
     facts = {**summary, "layer": layer, "k": config.k, "ranking": config.ranking, "order": config.order,
              "threshold": float(result.threshold), "generate": config.generate}
