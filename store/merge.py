@@ -24,11 +24,11 @@ import h5py
 import numpy as np
 
 from store.errors import StudyFileError
-from store.schema import PROMPT_STRING_FIELDS, RESID_ROWS_POST_INSTRUCTION, check_study, json_attr
+from store.schema import check_study, json_attr
 from store.study import open_h5_readonly
 from store.durable import replace_durably
 from store.lock import study_lock
-from store.rows import ROWS_PER_COPY, read_rows, spec_of
+from store.layout import ROWS_PER_COPY, read_rows, spec_of
 from store.writer import StudySpec, StudyWriter, require_study_file
 
 SHARD_KEY = "shard"
