@@ -45,6 +45,7 @@ from store.lock import study_lock
 from store.schema import check_study, json_attr
 from store.study import open_h5_readonly
 
+
 def _identity_mismatch(file: h5py.File, identity: dict[str, Any], *, skip: tuple[str, ...] = ()) -> str | None:
     stored = json_attr(file, "identity", {})
     if not isinstance(stored, dict):
