@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from explorer.synthetic import SyntheticConfig, make_synthetic_study  # noqa: E402
+from tests.synthetic import SyntheticConfig, make_synthetic_study  # noqa: E402
 from store import Study, StudyWriter, write_stage  # noqa: E402
 from store.analysis import _write_group  # noqa: E402
 from store.durable import clone_file  # noqa: E402

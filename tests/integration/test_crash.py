@@ -52,7 +52,7 @@ class References:
 
 @pytest.fixture(scope="module")
 def refs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[References]:
-    from explorer.synthetic import make_synthetic_study
+    from tests.synthetic import make_synthetic_study
 
     root = tmp_path_factory.mktemp("crash")
     cache = root / "cache.h5"

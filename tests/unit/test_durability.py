@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from explorer.cli import cli
-from explorer.synthetic import make_synthetic_study
+from tests.synthetic import make_synthetic_study
 from store import Study, StudyWriter, read_stage, write_stage
 from store.durable import shadow_path
 from store.lock import StudyBusyError, lock_path
