@@ -94,7 +94,13 @@ def same(a: dict[str, np.ndarray], b: dict[str, np.ndarray], *, ignore: Sequence
     keys = set(a) - set(ignore)
     if keys != set(b) - set(ignore):
         return False
-    return all(a[key].shape == b[key].shape and np.array_equal(a[key], b[key]) for key in keys)
+    return all(a[key].shape == b[key].shape and _equal(a[key], b[key]) for key in keys)
+
+
+def _equal(a: np.ndarray, b: np.ndarray) -> bool:
+    """Equal contents; NaN equals NaN (a stored 'not measured' is the same in both)."""
+    numeric = a.dtype.kind in "fc" and b.dtype.kind in "fc"
+    return bool(np.array_equal(a, b, equal_nan=numeric))
 
 
 @dataclass
