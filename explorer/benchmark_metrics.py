@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from explorer.judges import JUDGES, agreement, wilson_interval
+from explorer.judges import JUDGES, agreement
+from explorer.stats import wilson as wilson_interval
 
 HARMFUL, HARMLESS, XSTEST = "harmful", "harmless", "xstest"
 """Prompt sets. Rows of HARMFUL and XSTEST are generated under the intervention itself;

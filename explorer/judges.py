@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cache.generation import RefusalDetector
+from explorer.stats import wilson as wilson_interval  # one Wilson interval for every rate the tool prints
 from store.errors import InputError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -242,17 +243,6 @@ class Judges:
             "phrase": [phrase_verdict(r, self.detector) for r in responses],
             "semantic": self.semantic.verdicts(prompts, responses) if len(responses) else [],
         }
-
-
-def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """95% Wilson score interval of a binomial proportion; (nan, nan) for n = 0."""
-    if n <= 0:
-        return math.nan, math.nan
-    p = successes / n
-    denominator = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denominator
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def agreement(a: Sequence[bool], b: Sequence[bool]) -> dict[str, float]:
