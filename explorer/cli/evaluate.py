@@ -73,15 +73,19 @@ def evaluate_command(study: Path, sweep: str | None, run: str, overwrite: bool, 
     from explorer.benchmark_metrics import format_summary
     from explorer.benchmark_interventions import parse_interventions, sae_layers_needed
     from store import Study
+    from store.lock import study_lock
 
     sweep_values, sweep_sizes = parse_sweep(sweep)
     config = EVALUATE_OPTIONS.build(values, sweep_values=sweep_values, sweep_sizes=sweep_sizes)
     _check_semantic(config.judges)
-    with Study(study) as opened:
-        load_prompt_sets(opened, config)  # bad prompt files fail here, before the model loads
-        layers = sae_layers_needed(parse_interventions(list(config.interventions)), opened, run)
-        live = shell.open_stage_live(opened, device, layers)
-    summary = Evaluation(study, live, config, run=run, overwrite=overwrite, progress=True).run()
+    # One writer per study, held from before the model loads to the last batch's save, so a
+    # second writer is refused at once rather than after hours of generation.
+    with study_lock(study, "evaluate"):
+        with Study(study) as opened:
+            load_prompt_sets(opened, config)  # bad prompt files fail here, before the model loads
+            layers = sae_layers_needed(parse_interventions(list(config.interventions)), opened, run)
+            live = shell.open_stage_live(opened, device, layers)
+        summary = Evaluation(study, live, config, run=run, overwrite=overwrite, progress=True).run()
     saved = f"{study}:/analysis/{run}/evaluate"
     emit({**summary, "saved": saved}, f"{format_summary(summary, list(config.judges))}\n\nsaved      {saved} (every generation and verdict)", as_json=as_json)
 

@@ -69,6 +69,7 @@ def test_a_second_writer_is_refused_in_one_line_naming_the_holder(holder, monkey
     # analyze refuses before it loads any model
     monkeypatch.setattr("explorer.cli.shell.open_stage_live", lambda *a: pytest.fail("loaded a model"))
     one_line_error(invoke("analyze", "direction", str(path), "--device", "cpu"), f"is being written by pid {process.pid}")
+    one_line_error(invoke("evaluate", str(path), "--judges", "phrase", "--device", "cpu"), f"is being written by pid {process.pid}")
     with Study(path) as study:  # readers are never blocked
         assert study.n_prompts == 4 * N_BATCHES
     assert path.read_bytes() == before
