@@ -159,6 +159,16 @@ class StageContext:
             raise InputError(f"no {what or stage} in run {self.run!r} yet; run `refusal-explorer analyze {stage} {self.path}` first")
         return result
 
+    def candidates_sae_layer(self, layer: int | None) -> int:
+        """``layer`` checked like ``sae_layer``; None = the layer ``analyze candidates`` ranked
+        (then the first layer with codes), so per-latent stages follow the candidates."""
+        if layer is None:
+            from explorer.results import CandidateResult
+
+            candidates = CandidateResult.load(self.study, self.run)
+            layer = candidates.layer if candidates is not None else None
+        return self.sae_layer(layer)
+
     def sae_layer(self, layer: int | None) -> int:
         """``layer`` checked to have SAE codes, or the first layer that has them."""
         study = self.study

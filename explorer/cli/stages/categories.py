@@ -6,7 +6,6 @@ import click
 
 from explorer.cli.options import ConfigOptions
 from explorer.cli.shell import Report, StageContext, stage
-from explorer.results import CandidateResult
 
 OPTIONS = ConfigOptions("explorer.categories:CategoryConfig", skip=("layer",))
 
@@ -27,11 +26,7 @@ def categories(ctx: StageContext) -> Report:
     """
     from explorer.categories import format_summary, run_categories
 
-    layer = ctx.values.pop("layer")
-    if layer is None:
-        candidates = CandidateResult.load(ctx.study, ctx.run)
-        layer = candidates.layer if candidates is not None else None
-    layer = ctx.sae_layer(layer)
+    layer = ctx.candidates_sae_layer(ctx.values.pop("layer"))
     config = ctx.config(layer=layer)
     result, summary = run_categories(ctx.study, ctx.live([layer]), config)
     return Report(result, config, summary, "\n".join(format_summary(summary, config.top_k)))

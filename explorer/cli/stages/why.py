@@ -8,7 +8,6 @@ import click
 
 from explorer.cli.options import ConfigOptions
 from explorer.cli.shell import Report, StageContext, stage
-from explorer.results import CandidateResult
 
 OPTIONS = ConfigOptions("explorer.why:WhyConfig", skip=("layer",))
 
@@ -28,11 +27,7 @@ def why(ctx: StageContext) -> Report:
     """Rank each prompt's latents by their attribution to its own refusal score (for the viewers' why view)."""
     from explorer.why import run_why
 
-    layer = ctx.values.pop("layer")
-    if layer is None:
-        candidates = CandidateResult.load(ctx.study, ctx.run)
-        layer = candidates.layer if candidates is not None else None
-    layer = ctx.sae_layer(layer)
+    layer = ctx.candidates_sae_layer(ctx.values.pop("layer"))
     config = ctx.config(layer=layer)
     result, summary = run_why(ctx.study, ctx.live([layer]), config)
     return Report(result, config, summary, summary_text(summary))
