@@ -138,6 +138,7 @@ def greedy_set(study: Study, run: str, spec: InterventionSpec) -> tuple[int, tup
         raise InputError(f"--intervention {spec.text!r}: no greedy sets in run {run!r}; run `refusal-explorer analyze greedy` first")
     n_sets = len(greedy.prompt)
     joint = len(greedy.joint_prompts) > 0
+    flips = greedy.flips()
     if spec.prompt is None:
         if not joint:
             raise InputError(f"--intervention {spec.text!r}: run {run!r} has no joint set; run `analyze greedy --joint`")
@@ -145,9 +146,13 @@ def greedy_set(study: Study, run: str, spec: InterventionSpec) -> tuple[int, tup
     else:
         single = [s for s in range(n_sets - (1 if joint else 0)) if int(greedy.prompt[s]) == spec.prompt]
         if not single:
-            have = ", ".join(str(int(p)) for p in greedy.prompt[: n_sets - (1 if joint else 0)]) or "none"
-            raise InputError(f"--intervention {spec.text!r}: no greedy set for prompt {spec.prompt} (prompts with a set: {have})")
+            have = ", ".join(str(int(greedy.prompt[s])) for s in range(n_sets - (1 if joint else 0)) if flips[s]) or "none"
+            raise InputError(f"--intervention {spec.text!r}: no greedy set for prompt {spec.prompt} (prompts with a flipping set: {have})")
         index = single[0]
+    if not flips[index]:
+        # A search that did not flip kept all its top-k candidates: that is no minimal set.
+        raise InputError(f"--intervention {spec.text!r}: the greedy search found no flipping set within the top {greedy.k} "
+                         "candidates there, so there is no minimal set to ablate")
     latents = tuple(int(i) for i in greedy.latents_of(index))
     if not latents:
         raise InputError(f"--intervention {spec.text!r}: that greedy set is empty")

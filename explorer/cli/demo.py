@@ -67,6 +67,8 @@ budgets sized for minutes on a 2-core CPU."""
 
 def _demo_evaluate(out: Path, echo: Callable[[str], None], summaries_to_stderr: bool) -> dict[str, str]:
     from explorer.cli.evaluate import evaluate_command
+    import numpy as np
+
     from explorer.results import GreedyResult
     from explorer.sentence_model import DIST_NAME
 
@@ -78,8 +80,13 @@ def _demo_evaluate(out: Path, echo: Callable[[str], None], summaries_to_stderr: 
         return {"step": "evaluate", "status": "skipped (already in the study)"}
     interventions = ["--intervention", "direction"]
     if greedy is not None and len(greedy.prompt):
-        joint = len(greedy.joint_prompts) > 0
-        interventions += ["--intervention", "set:joint" if joint else f"set:{int(greedy.prompt[0])}"]
+        # Only a set that flips is a minimal set: the joint one if it flips, else the first
+        # single-prompt set that does (a search that did not flip has none).
+        flips, single = greedy.flips(), greedy.per_prompt()
+        if len(greedy.joint_prompts) and flips[-1]:
+            interventions += ["--intervention", "set:joint"]
+        elif (single & flips).any():
+            interventions += ["--intervention", f"set:{int(greedy.prompt[np.flatnonzero(single & flips)[0]])}"]
     import importlib.metadata
 
     try:

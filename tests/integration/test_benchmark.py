@@ -159,3 +159,23 @@ def test_evaluate_cli_prints_the_table_and_the_json_object(study, monkeypatch, t
     assert bad.exit_code == 2 and "no such file" in bad.output
     bad = runner.invoke(cli, ["evaluate", str(path), "--sweep", "10,20", "--judges", "phrase"])
     assert bad.exit_code == 2 and "VALUESxSIZES" in bad.output
+
+
+def test_a_search_that_did_not_flip_is_no_set_to_evaluate(monkeypatch) -> None:
+    """`set:N` names a minimal set only where the greedy search flipped the prompt: a search that
+    kept all its top-k candidates without flipping is refused in one line, never ablated."""
+    from explorer.benchmark_interventions import greedy_set, parse_interventions
+    from explorer.results import GreedyResult
+    from tests.synthetic import make_greedy
+
+    greedy = make_greedy(1, [3, 6], [[5, 9], list(range(8))], threshold=0.0, final=[-2.0, 1.5])  # prompt 6 did not flip
+    monkeypatch.setattr(GreedyResult, "load", staticmethod(lambda study, run: greedy))
+    (flipping,) = parse_interventions(["set:3"])
+    assert greedy_set(None, "default", flipping) == (1, (5, 9))
+    (unflipped,) = parse_interventions(["set:6"])
+    with pytest.raises(InputError, match="found no flipping set within the top 8") as excinfo:
+        greedy_set(None, "default", unflipped)
+    assert "\n" not in str(excinfo.value)
+    (missing,) = parse_interventions(["set:4"])
+    with pytest.raises(InputError, match=r"prompts with a flipping set: 3\)"):
+        greedy_set(None, "default", missing)
