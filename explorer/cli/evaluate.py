@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from explorer.cli.options import ConfigOptions, int_list
+from explorer.cli.options import ConfigOptions, float_list, int_list
 from explorer.cli.output import emit
 from explorer.cli import shell
 from explorer.cli.shell import command
@@ -24,16 +24,6 @@ EVALUATE_OPTIONS = ConfigOptions(
 )
 
 
-def _floats(text: str, option: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise InputError(f"{option} expects comma-separated numbers, not {text!r}") from None
-    if not values:
-        raise InputError(f"{option} is empty")
-    return values
-
-
 def parse_sweep(text: str | None) -> tuple[tuple[float, ...], tuple[int, ...]]:
     """``"10,20,30x1,2,4"`` → clamp values (10, 20, 30) × set sizes (1, 2, 4)."""
     if text is None:
@@ -41,7 +31,7 @@ def parse_sweep(text: str | None) -> tuple[tuple[float, ...], tuple[int, ...]]:
     values, sep, sizes = text.partition("x")
     if not sep:
         raise InputError(f"--sweep expects VALUESxSIZES such as 10,20,30x1,2,4, not {text!r}")
-    return _floats(values, "--sweep values"), int_list(sizes, "--sweep sizes")
+    return float_list(values, "--sweep values"), int_list(sizes, "--sweep sizes")
 
 
 def _check_semantic(judges: tuple[str, ...]) -> None:

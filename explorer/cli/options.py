@@ -31,15 +31,24 @@ from store.errors import InputError
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _number_list(text: str, option: str, convert: Callable[[str], Any], what: str, empty_hint: str) -> tuple:
+    try:
+        values = tuple(convert(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise InputError(f"{option} expects comma-separated {what}, not {text!r}") from None
+    if not values:
+        raise InputError(f"{option} is empty{empty_hint}")
+    return values
+
+
 def int_list(text: str, option: str) -> tuple[int, ...]:
     """``"6,12"`` → ``(6, 12)``, or an InputError naming the option."""
-    try:
-        values = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise InputError(f"{option} expects comma-separated integers such as 6,12, not {text!r}") from None
-    if not values:
-        raise InputError(f"{option} is empty; give e.g. {option} 6,12")
-    return values
+    return _number_list(text, option, int, "integers such as 6,12", f"; give e.g. {option} 6,12")
+
+
+def float_list(text: str, option: str) -> tuple[float, ...]:
+    """``"10,20.5"`` → ``(10.0, 20.5)``, or an InputError naming the option."""
+    return _number_list(text, option, float, "numbers", "")
 
 
 def optional_int_list(text: str | None, option: str) -> tuple[int, ...] | None:
