@@ -12,7 +12,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
-extras="demo,dev,judge"
+extras="demo,dev,judge,stronger"
 if [ "${1:-}" = "--from" ]; then
   venv="${2:?usage: scripts/lock.sh --from VENV}"
 else
