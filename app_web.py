@@ -26,6 +26,7 @@ from explorer.cli.output import one_line_errors
 from explorer.cli.shell import CONTEXT, run_standalone
 from refusal_web import analyses, plots, prompts, views
 from refusal_web.context import WebContext, make_context
+from refusal_web.links import Target, open_in
 from refusal_web.live import MODES, LiveLimits, LiveModel, live_generate, open_live_model
 from refusal_web.evaluation import evaluation_tab
 from refusal_web.paper2 import paper2_tabs
@@ -53,7 +54,7 @@ def _colour_by_clicked_latent(event: gr.SelectData) -> tuple[Any, str]:
     return (event.row_value[0], "latent") if event.row_value else (gr.skip(), gr.skip())
 
 
-def _features_tab(ctx: WebContext) -> None:
+def _features_tab(ctx: WebContext) -> Target:
     layer = ctx.layer
     sort = "cosine" if ctx.candidates is not None else "freq_diff"
     page, status, _ = views.feature_page(ctx, layer, "", sort, True, 1)
@@ -94,9 +95,10 @@ def _features_tab(ctx: WebContext) -> None:
     table.select(_first_cell, None, latent).then(partial(views.feature_view, ctx), [layers, latent], detail_outputs)
     partners.select(_first_cell, None, latent).then(partial(views.feature_view, ctx), [layers, latent], detail_outputs)
     export.click(partial(views.feature_csv, ctx), search_inputs, export_file)
+    return Target("features", {"layer": layers, "latent": latent}, partial(views.feature_view, ctx), [layers, latent], detail_outputs)
 
 
-def _prompts_tab(ctx: WebContext) -> None:
+def _prompts_tab(ctx: WebContext) -> Target:
     page, status, _ = prompts.prompt_page(ctx, "", "all", 1)
     labels = ["all", *sorted(set(ctx.study.labels.tolist()))]
     colour_modes = list(prompts.COLOUR_MODES) if ctx.candidates is not None else ["latent"]
@@ -139,6 +141,7 @@ def _prompts_tab(ctx: WebContext) -> None:
         trigger(explore, view_inputs, view_outputs)
     table.select(_first_cell, None, index).then(explore, view_inputs, view_outputs)
     top.select(_colour_by_clicked_latent, None, [latent, colour]).then(explore, view_inputs, view_outputs)
+    return Target("prompts", {"prompt": index, "layer": layers, "latent": latent, "colour": colour}, explore, view_inputs, view_outputs)
 
 
 def _sets_tab(ctx: WebContext) -> None:
@@ -182,15 +185,34 @@ def _fm_tab(ctx: WebContext) -> None:
     export_weights.click(partial(views.write_csv, ctx, "fm-weights"), weight_table, export_file)
 
 
-def _dormant_tab(ctx: WebContext) -> None:
+def _dormant_tab(ctx: WebContext, tabs: gr.Tabs, features: Target | None, prompts_target: Target | None) -> None:
     text, frame = analyses.dormant_latents(ctx)
     gr.Markdown(text, elem_id="dormant-summary")
     if ctx.dormant is None:
         return
-    table = gr.Dataframe(frame, interactive=False, label="Woken latents and their causal tests, per prompt", max_height=400)
+    table = gr.Dataframe(frame, interactive=False, label="Woken latents and their causal tests, per prompt (click a row)",
+                         max_height=400, elem_id="dormant-table")
+    first = analyses.dormant_card(ctx, frame.iloc[0].tolist()) if len(frame) else ("", None, None)
+    card = gr.Markdown(first[0], elem_id="dormant-card")
+    chosen_latent, chosen_prompt = gr.State(first[1]), gr.State(first[2])
     with gr.Row():
+        open_latent = gr.Button("Open this latent in Features", elem_id="dormant-open-latent", visible=features is not None)
+        open_prompt = gr.Button("Open this prompt in Prompts", elem_id="dormant-open-prompt", visible=prompts_target is not None)
         export = gr.Button("Export (CSV)")
         export_file = gr.File(label="CSV", interactive=False, height=90)
+
+    def pick(event: gr.SelectData) -> tuple[str, int | None, int | None]:
+        return analyses.dormant_card(ctx, event.row_value)
+
+    table.select(pick, None, [card, chosen_latent, chosen_prompt])
+    layer = int(ctx.dormant.layer[0]) if len(ctx.dormant.layer) else ctx.layer
+    if features is not None:
+        open_in(tabs, open_latent.click, features,
+                lambda latent: None if latent is None else {"latent": latent, "layer": layer}, [chosen_latent])
+    if prompts_target is not None:
+        open_in(tabs, open_prompt.click, prompts_target,
+                lambda p, latent: None if p is None else {"prompt": p, "latent": latent, "colour": "latent"},
+                [chosen_prompt, chosen_latent])
     export.click(partial(views.write_csv, ctx, "dormant"), table, export_file)
 
 
@@ -226,7 +248,8 @@ def build_app(study: Study, live_model: LiveModel | None = None, *, run: str = "
     overview_text, direction_plot = views.overview(ctx)
     with gr.Blocks(title=f"Refusal Explorer · {study.path.name}", analytics_enabled=False) as demo:
         gr.Markdown(f"# Refusal Explorer · {study.meta.model_id} · `{study.path.name}`")
-        with gr.Tabs():
+        features = prompt_target = None
+        with gr.Tabs() as tabs:
             with gr.Tab("Overview", id="overview"):
                 gr.Markdown(overview_text + ("" if live_model else "\n\n*Live panel off: serve with `--live`.*"),
                             elem_id="overview-text")
@@ -234,12 +257,12 @@ def build_app(study: Study, live_model: LiveModel | None = None, *, run: str = "
                     gr.Plot(direction_plot, label="Direction candidates (camera icon: PNG)")
             with gr.Tab("Features", id="features"):
                 if ctx.layers:
-                    _features_tab(ctx)
+                    features = _features_tab(ctx)
                 else:
                     gr.Markdown("*This study has no SAE codes: cache them with `refusal-explorer cache --sae LAYER=…`.*")
             with gr.Tab("Prompts", id="prompts"):
                 if ctx.layers:
-                    _prompts_tab(ctx)
+                    prompt_target = _prompts_tab(ctx)
                 else:
                     gr.Markdown("*This study has no SAE codes: cache them with `refusal-explorer cache --sae LAYER=…`.*")
             with gr.Tab("Minimal sets", id="sets"):
@@ -247,7 +270,7 @@ def build_app(study: Study, live_model: LiveModel | None = None, *, run: str = "
             with gr.Tab("Interactions", id="fm"):
                 _fm_tab(ctx)
             with gr.Tab("Dormant latents", id="dormant"):
-                _dormant_tab(ctx)
+                _dormant_tab(ctx, tabs, features, prompt_target)
             paper2_tabs(ctx)  # Graph, Categories, Jailbreak, Probe
             evaluation_tab(ctx)  # refusal_web/evaluation.py
             if live_model is not None:

@@ -310,6 +310,11 @@ class Evaluation:
             entry["baseline_harmless_refusal"] = out["interventions"]["none"]["induced_refusal"] if name != "none" else None
         if self.state.sweep:
             out["sweep"] = [{"value": v, "size": s, "refusal_rate": r} for v, s, r in self.state.sweep]
+            source = next((n for n, i in self.interventions.items() if i.latent_set), None)
+            if source is not None:  # the viewers head the sweep's columns with these latent ids
+                chosen = self.interventions[source]
+                out["sweep_source"] = {"intervention": source, "layer": int(chosen.layer),
+                                       "latents": [int(x) for x in chosen.latent_set]}
         return out
 
     # -- work units

@@ -135,3 +135,32 @@ def percent(value: float) -> str:
 def number(value: float, spec: str = "+.3f", missing: str = "·") -> str:
     """A table cell for a float: ``missing`` for NaN (not analysed)."""
     return missing if not math.isfinite(value) else format(value, spec)
+
+
+def signed_scale(vmax: float, what: str) -> Text:
+    """The colour key of a diverging grid: each blue and red step with the value it starts at."""
+    text = Text(f"{what}: ", style="dim")
+    if not vmax > 0 or not math.isfinite(vmax):
+        return text.append("all zero", style="italic")
+    text.append(f"{-vmax:+.2f} ")
+    for step in reversed(range(len(NEGATIVE))):
+        text.append("  ", style=signed_style(-(step + 0.5) * vmax / len(NEGATIVE), vmax))
+    text.append(" 0 ")
+    for step in range(len(POSITIVE)):
+        text.append("  ", style=signed_style((step + 0.5) * vmax / len(POSITIVE), vmax))
+    return text.append(f" {vmax:+.2f}")
+
+
+def heat_scale(vmax: float, what: str, spec: str = ".2f") -> Text:
+    """The colour key of a one-sided grid (0 … vmax)."""
+    text = Text(f"{what}: ", style="dim")
+    text.append(f"{0:{spec}} ")
+    for step in range(len(HEAT)):
+        text.append("  ", style=heat_style((step + 0.5) * vmax / len(HEAT), vmax) if vmax > 0 else "")
+    return text.append(f" {vmax:{spec}}")
+
+
+def vertical_label(label: str, height: int) -> Text:
+    """A column header written downwards (one character a line, bottom-aligned), so a grid
+    of 3-cell columns can name its columns by latent id."""
+    return Text("\n".join(label.rjust(height)), justify="center")

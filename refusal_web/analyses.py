@@ -172,3 +172,45 @@ def dormant_latents(ctx: WebContext) -> tuple[str, pd.DataFrame]:
             f"woken value on the untouched prompt raises refusal (clamp_effect), by more than {table.effect_threshold:g}. "
             f"*Redundant*: the set alone does not flip, the set and the latent do.")
     return text, frame
+
+
+def dormant_card(ctx: WebContext, row: list | None) -> tuple[str, int | None, int | None]:
+    """A clicked dormant row (its values as shown: latent, layer, prompt, context, …): the prompt,
+    the context it woke in, its activations and causal tests; and the latent and prompt to open."""
+    table = ctx.dormant
+    if table is None or not row:
+        return "", None, None
+    latent, layer = int(row[0]), int(row[1])
+    hits = (table.latent == latent) & (table.layer == layer)
+    tested = len(table.prompt) == len(table.latent) and len(table.context) == len(table.latent)
+    if tested and len(row) > 3:
+        hits &= (table.prompt == int(row[2])) & (table.context.astype(str) == str(row[3]))
+    if not hits.any():
+        return f"⚠️ latent {latent} is not in the dormant table of layer {layer}", None, None
+    i = int(np.flatnonzero(hits)[0])
+    low, high = int(table.position_offsets[i]), int(table.position_offsets[i + 1])
+    where = ", ".join(f"{int(p)}:`{str(t).replace(chr(10), '↵')}`" for p, t in zip(table.position[low:high], table.position_token[low:high]))
+    lines = [f"### Latent {latent} · layer {layer}"]
+    prompt = int(table.prompt[i]) if len(table.prompt) == len(table.latent) else None
+    if prompt is not None:
+        record = ctx.study.prompt(prompt)
+        lines.append(f"**Prompt {prompt}** ({record.label}, refusal score {record.refusal_score:+.3f}): {record.text[:300]}")
+    if tested:
+        context = str(table.context[i])
+        latents = ""
+        if context.startswith("set ") and ctx.greedy is not None:
+            parts = context.removeprefix("set ").split(" − ")
+            if parts[0].isdigit() and int(parts[0]) < len(ctx.greedy.prompt):
+                latents = f" (latents {_ids(ctx.greedy.latents_of(int(parts[0])))}" + (f", less {parts[1]}" if len(parts) > 1 else "") + ")"
+        flips = "flips" if table.context_flips[i] else "does not flip"
+        lines.append(f"**Context** `{context}`{latents} ablated: score {float(table.context_score[i]):+.3f} ({flips}); "
+                     f"with latent {latent} suppressed as well {float(table.with_latent_score[i]):+.3f} "
+                     f"(refusal effect {float(table.refusal_effect[i]):+.3f}).")
+        clamp = float(table.clamp_effect[i])
+        if not np.isnan(clamp):
+            lines.append(f"Clamped to its woken value on the untouched prompt: refusal score {clamp:+.3f}.")
+        verdict = "dormant backup" if table.backup[i] else "redundant" if table.redundant[i] else "no causal effect beyond the threshold"
+        lines.append(f"**Verdict**: {verdict}.")
+    lines.append(f"Activation {float(table.baseline_activation[i]):.3f} at baseline → {float(table.ablated_activation[i]):.3f} "
+                 f"woken, at tokens {where or '—'}.")
+    return "\n\n".join(lines), latent, prompt

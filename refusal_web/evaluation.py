@@ -29,10 +29,16 @@ def sweep_figure(summary: dict[str, Any], judge: str) -> go.Figure | None:
     sizes = sorted({c["size"] for c in cells})
     rate = {(c["value"], c["size"]): c["refusal_rate"].get(judge) for c in cells}
     z = [[rate.get((v, s)) for s in sizes] for v in values]
-    figure = go.Figure(go.Heatmap(z=z, x=[str(s) for s in sizes], y=[f"{v:g}" for v in values], zmin=0, zmax=1, colorscale="Reds",
+    latents = (summary.get("sweep_source") or {}).get("latents") or []
+    # A column is the set's first k latents: name it by k and the latent id it adds.
+    columns = [f"{s} (+{latents[s - 1]})" if s <= len(latents) else str(s) for s in sizes]
+    figure = go.Figure(go.Heatmap(z=z, x=columns, y=[f"{v:g}" for v in values], zmin=0, zmax=1, colorscale="Reds",
+                                  colorbar={"title": {"text": "refusal rate"}, "tickformat": ".0%"},
                                   text=[[f"{x:.0%}" if x is not None else "" for x in row] for row in z], texttemplate="%{text}"))
-    figure.update_layout(title=f"Induced refusal on harmless prompts ({judge} judge)", xaxis_title="set size (first k latents)",
-                         yaxis_title="clamp value", height=360, margin={"l": 60, "r": 20, "t": 50, "b": 50})
+    head = f" · set [{', '.join(map(str, latents[:max(sizes)]))}]" if latents else ""
+    figure.update_layout(title=f"Induced refusal on harmless prompts ({judge} judge){head}",
+                         xaxis_title="set size: first k latents (+ the latent id size k adds)", xaxis_type="category",
+                         yaxis_title="clamp value", yaxis_type="category", height=360, margin={"l": 60, "r": 20, "t": 50, "b": 50})
     return figure
 
 

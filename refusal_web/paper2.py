@@ -115,6 +115,7 @@ def categories_view(ctx: WebContext) -> tuple[str, go.Figure | None, pd.DataFram
               for b in range(len(names))] for r, a in enumerate([*names, "random"])]
     figure = go.Figure({"data": [{"type": "heatmap", "z": np.where(np.isnan(rates), None, rates).tolist(), "x": names,
                                   "y": [*names, "random control"], "zmin": 0, "zmax": 1, "colorscale": "Blues",
+                                  "colorbar": {"title": {"text": "flip rate"}, "tickformat": ".0%"},
                                   "text": hover, "hoverinfo": "text"}],
                         "layout": {"height": 380, "title": {"text": "Transfer: flip rate of the column's refused prompts"},
                                    "xaxis": {"title": {"text": "prompts of category"}},

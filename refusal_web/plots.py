@@ -57,10 +57,11 @@ def score_vs_size(sizes: np.ndarray, scores: np.ndarray, removed: np.ndarray, th
 
 
 def heatmap(matrix: np.ndarray, labels: list[str], title: str) -> go.Figure:
-    """A symmetric interaction matrix, diverging colours centred on zero."""
+    """A symmetric interaction matrix, diverging colours centred on zero, with its colour bar;
+    ``labels`` are the latent ids of the rows (= columns)."""
     bound = float(np.abs(matrix).max()) if matrix.size else 1.0
     cells = {"type": "heatmap", "z": np.asarray(matrix).tolist(), "x": labels, "y": labels, "colorscale": "RdBu",
-             "reversescale": True, "zmin": -bound, "zmax": bound, "zmid": 0.0,
+             "reversescale": True, "zmin": -bound, "zmax": bound, "zmid": 0.0, "colorbar": {"title": {"text": "⟨v_i, v_j⟩"}},
              "hovertemplate": "latents %{y} × %{x}<br>⟨v_i, v_j⟩ = %{z:.4f}<extra></extra>"}
     side = min(900, 160 + 14 * len(labels))
     return _figure([cells], title, "latent", "latent", height=side,
@@ -74,7 +75,7 @@ def direction_grid(layers: np.ndarray, positions: np.ndarray, drop: np.ndarray, 
     for layer, position, value in zip(layers.tolist(), positions.tolist(), drop.tolist()):
         z[ys.index(layer), xs.index(position)] = value
     cells = {"type": "heatmap", "z": np.where(np.isnan(z), None, z).tolist(), "x": [str(x) for x in xs],
-             "y": [str(y) for y in ys], "colorscale": "Viridis",
+             "y": [str(y) for y in ys], "colorscale": "Viridis", "colorbar": {"title": {"text": "score drop"}},
              "hovertemplate": "layer %{y}, position %{x}<br>score drop %{z:.3f}<extra></extra>"}
     return _figure([cells], f"Direction candidates (chosen: layer {chosen[0]}, position {chosen[1]})",
                    "position from end", "layer", xaxis={"type": "category"}, yaxis={"type": "category"})

@@ -21,6 +21,7 @@ def write_evaluation(path: Path, run: str = "default") -> dict:
     rows.append(Row("direction", "harmless", 0, "", "It is illegal and unethical.", {"substring": False, "phrase": False, "semantic": True}))
     summary = summarise(rows, ["none", "direction"], JUDGES, {"none": {"ce": 1.0, "kl": 0.0}, "direction": {"ce": 1.25, "kl": 0.05}})
     summary["sweep"] = [{"value": v, "size": s, "refusal_rate": {j: v / 40 * s / 2 for j in JUDGES}} for v in (10.0, 20.0) for s in (1, 2)]
+    summary["sweep_source"] = {"intervention": "set:0", "layer": 6, "latents": [42, 17, 3]}
     arrays = {
         "row_intervention": np.array([r.intervention for r in rows], dtype=object),
         "row_set": np.array([r.prompt_set for r in rows], dtype=object),

@@ -26,6 +26,7 @@ class DetailView:
     attribution: float | None
     fm_weight: float | None
     d_sae: int
+    fm_ran: bool = False  # the FM stage ran on this layer (so "no partner" means it is not among its latents)
 
 
 class FeatureDetailScreen(StudyScreen):
@@ -68,7 +69,7 @@ class FeatureDetailScreen(StudyScreen):
         text.append("\n\n")
         text.append_text(lens_text(detail))
         self.query_one("#detail-stats", Static).update(text)
-        self.query_one("#detail-links", Static).update(links_markup(detail))
+        self.query_one("#detail-links", Static).update(links_markup(detail, view.fm_ran))
         self.query_one("#detail-examples", ExampleList).set_examples(detail.examples, detail.stats.get("max_active", 0.0))
         self.query_one("#detail-scroll").scroll_home(animate=False)
 
@@ -99,7 +100,8 @@ def read_detail(data: StudyData, layer: int, latent: int) -> DetailView:
         cosine, attribution = float(candidates.cosine[latent]), float(candidates.attribution[latent])
     if fm is not None and fm.layer == layer and latent in fm.latents:
         fm_weight = float(fm.w[int(np.flatnonzero(fm.latents == latent)[0])])
-    return DetailView(detail, cosine, attribution, fm_weight, data.codes(layer).d_sae)
+    return DetailView(detail, cosine, attribution, fm_weight, data.codes(layer).d_sae,
+                      fm_ran=fm is not None and fm.layer == layer)
 
 
 def head_text(view: DetailView) -> Text:
@@ -140,14 +142,14 @@ def lens_text(detail: FeatureDetail) -> Text:
     return text
 
 
-def links_markup(detail: FeatureDetail) -> str:
+def links_markup(detail: FeatureDetail, fm_ran: bool = False) -> str:
     """FM partners and minimal sets, as clickable links (numbers only, so no markup escaping)."""
     lines = ["[b]Strongest FM partners[/b] ⟨vᵢ,vⱼ⟩"]
     if detail.fm_partners:
         lines += [f"  [@click=screen.show_latent({latent},{detail.layer})]{latent:>6}[/]  {value:+.3f}"
                   for latent, value in detail.fm_partners]
     else:
-        lines.append("  [i]not in the FM (refusal-explorer analyze fm)[/i]")
+        lines.append("  [i]not among the FM's latents[/i]" if fm_ran else "  [i]no FM on this layer yet (refusal-explorer analyze fm)[/i]")
     lines.append("[b]Minimal sets[/b]")
     if detail.minimal_sets:
         lines += [f"  [@click=app.switch_mode('sets')]set #{s}[/]" for s in detail.minimal_sets]

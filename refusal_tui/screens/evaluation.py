@@ -13,23 +13,33 @@ from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.widgets import DataTable, Static
 
+from refusal_tui.render import heat_scale, heat_style
 from refusal_tui.screens.base import MissingData, StudyScreen
 
 
-def sweep_grid(summary: dict[str, Any], judge: str) -> str:
-    """The sweep as a text heatmap: clamp values down, set sizes across, refusal rates in cells."""
+def sweep_grid(summary: dict[str, Any], judge: str) -> Text:
+    """The sweep as a coloured grid: clamp values down, set sizes across (headed by the latent
+    each size adds), refusal rates in cells, and the colour key."""
     cells = summary.get("sweep") or []
     if not cells:
-        return "no sweep (run evaluate with --sweep VALUESxSIZES)"
+        return Text("no sweep (run evaluate with --sweep VALUESxSIZES)")
     values = sorted({c["value"] for c in cells})
     sizes = sorted({c["size"] for c in cells})
     rate = {(c["value"], c["size"]): c["refusal_rate"].get(judge) for c in cells}
-    lines = [f"induced refusal on harmless prompts ({judge} judge): clamp value ↓ × set size →",
-             "        " + "".join(f"{s:>7}" for s in sizes)]
+    latents = (summary.get("sweep_source") or {}).get("latents") or []
+    text = Text(f"induced refusal on harmless prompts ({judge} judge): clamp value ↓ × set size →\n")
+    if latents:
+        text.append(f"set: first k of latents [{', '.join(map(str, latents[:max(sizes)]))}]\n", style="dim")
+    text.append("        " + "".join(f"{s:>7}" for s in sizes) + "\n")
+    if latents:
+        text.append("  +id   " + "".join(f"{latents[s - 1]:>7}" if s <= len(latents) else f"{'?':>7}" for s in sizes) + "\n", style="dim")
     for v in values:
-        row = "".join(f"{rate[(v, s)]:>7.0%}" if rate.get((v, s)) is not None else f"{'-':>7}" for s in sizes)
-        lines.append(f"{v:>7g} {row}")
-    return "\n".join(lines)
+        text.append(f"{v:>7g} ")
+        for s in sizes:
+            r = rate.get((v, s))
+            text.append(f"{r:>6.0%} " if r is not None else f"{'-':>6} ", style=heat_style(r, 1.0) if r is not None else "")
+        text.append("\n")
+    return text.append_text(heat_scale(1.0, "refusal rate colour scale", ".0%"))
 
 
 class EvaluationScreen(StudyScreen):
@@ -64,7 +74,7 @@ class EvaluationScreen(StudyScreen):
         summary = stored.get("summary")
         head = format_summary(summary, judges) if summary else "evaluation not finished: run the same evaluate command again to continue"
         self.query_one("#evaluation-summary", Static).update(Text(head.strip()))
-        self.query_one("#evaluation-sweep", Static).update(Text(sweep_grid(summary or {}, judges[-1])))
+        self.query_one("#evaluation-sweep", Static).update(sweep_grid(summary or {}, judges[-1]))
         table = self.query_one("#evaluation-rows", DataTable)
         table.clear(columns=True)
         table.add_columns("intervention", "set", "#", "category", *judges, "generation")

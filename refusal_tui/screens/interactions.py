@@ -13,10 +13,11 @@ from textual.app import ComposeResult
 from textual.widgets import DataTable, Static
 
 from explorer.results import FMResult
-from refusal_tui.render import signed_style
+from refusal_tui.render import signed_scale, signed_style, vertical_label
 from refusal_tui.screens.base import MissingData, StudyScreen
 
 TOP = 20  # latents in the grid: 20 × 3 cells + labels fit in 80 columns
+LABELS = 2  # columns before the grid: latent, w
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class InteractionsScreen(StudyScreen):
     def compose_body(self) -> ComposeResult:
         yield Static(id="fm-head")
         yield DataTable(id="fm-grid", cursor_type="cell", cell_padding=0)
+        yield Static(id="fm-scale")
         yield Static(id="fm-status")
         yield Static(id="fm-pairs")
 
@@ -62,30 +64,33 @@ class InteractionsScreen(StudyScreen):
         self.query_one("#fm-head", Static).update(head_text(fm))
         table = self.query_one("#fm-grid", DataTable)
         table.clear(columns=True)
-        table.add_column(Text("#", justify="right"), width=3, key="index")
+        n_pairs = 0 if fm.verdict == "additive" else len(grid.rows)  # no pair is shown without evidence
+        ids = [str(int(fm.latents[row])) for row in grid.rows]
+        # Columns are named by latent id, written downwards so a 3-cell column holds any id.
+        table.header_height = max([1, *(len(i) for i in ids[:n_pairs])])
         table.add_column(Text("latent", justify="right"), width=7, key="latent")
         table.add_column(Text("w", justify="right"), width=7, key="w")
-        n_pairs = 0 if fm.verdict == "additive" else len(grid.rows)  # no pair is shown without evidence
         for j in range(n_pairs):
-            table.add_column(Text(str(j), justify="center"), width=3, key=f"c{j}")
+            table.add_column(vertical_label(ids[j], table.header_height), width=3, key=f"c{j}")
         for i, row in enumerate(grid.rows):
-            cells: list[object] = [Text(f"{i}", justify="right", style="dim"),
-                                   Text(str(int(fm.latents[row])), justify="right", style="bold"),
+            cells: list[object] = [Text(ids[i], justify="right", style="bold"),
                                    Text(f"{float(fm.w[row]):+.2f} ", justify="right")]
             for j in range(n_pairs):
                 value = float(grid.matrix[i, j])
                 cells.append(Text(" · " if i == j else "   ", style="" if i == j else signed_style(value, grid.vmax)))
             table.add_row(*cells)
+        scale = signed_scale(grid.vmax, "⟨vᵢ,vⱼ⟩ colour scale") if n_pairs else Text("")
+        self.query_one("#fm-scale", Static).update(scale)
         self.query_one("#fm-pairs", Static).update(pairs_text(fm))
         if n_pairs > 1:
-            table.move_cursor(row=0, column=4)
+            table.move_cursor(row=0, column=LABELS + 1)
 
     @on(DataTable.CellHighlighted, "#fm-grid")
     def _highlighted(self, event: DataTable.CellHighlighted) -> None:
         grid = self.grid
         if grid is None:
             return
-        i, column = event.coordinate.row, event.coordinate.column - 3
+        i, column = event.coordinate.row, event.coordinate.column - LABELS
         a = int(grid.fm.latents[grid.rows[i]])
         if grid.fm.verdict == "additive":
             text = f"latent {a}: w {float(grid.fm.w[grid.rows[i]]):+.3f} (ablating it alone changes the score by about this)"

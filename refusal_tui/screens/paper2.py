@@ -15,6 +15,7 @@ from textual.widgets import DataTable, Static, Tree
 
 from explorer.results_paper2 import CategoryResult, GraphResult, JailbreakResult, ProbeResult
 from explorer.stats import wilson
+from refusal_tui.render import heat_scale, heat_style
 from refusal_tui.screens.base import MissingData, StudyScreen
 
 
@@ -116,13 +117,17 @@ class CategoriesScreen(StudyScreen):
         names = [str(n) for n in result.categories.tolist()]
         rates = result.transfer_rates()
         width = max(len(n) for n in [*names, "random"])
-        lines = ["Transfer: row's top latents ablated → share of the column's refused prompts that flip (fast score)",
-                 " " * (width + 2) + " ".join(f"{n[:8]:>8}" for n in names)]
+        text = Text("Transfer: row's top latents ablated → share of the column's refused prompts that flip (fast score)\n")
+        text.append(" " * (width + 2) + " ".join(f"{n[:8]:>8}" for n in names) + "\n")
         for a, row in enumerate([*names, "random"]):
-            cells = " ".join("     n/a" if math.isnan(r) else f"{r:>8.0%}" for r in rates[a])
-            lines.append(f"{row:<{width}}  {cells}")
-        lines.append("refused per category: " + ", ".join(f"{n} {int(k)}" for n, k in zip(names, result.transfer_refused)))
-        self.query_one("#cat-transfer", Static).update(Text("\n".join(lines)))
+            text.append(f"{row:<{width}}  ")
+            for r in rates[a]:
+                text.append("     n/a" if math.isnan(r) else f"{r:>8.0%}", style="" if math.isnan(r) else heat_style(float(r), 1.0))
+                text.append(" ")
+            text.append("\n")
+        text.append_text(heat_scale(1.0, "flip rate colour scale", ".0%"))
+        text.append("\nrefused per category: " + ", ".join(f"{n} {int(k)}" for n, k in zip(names, result.transfer_refused)))
+        self.query_one("#cat-transfer", Static).update(text)
 
     @on(DataTable.RowSelected, "#cat-table")
     def _selected(self, event: DataTable.RowSelected) -> None:

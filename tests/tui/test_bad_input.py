@@ -87,7 +87,7 @@ async def test_study_without_analyses_says_which_command_to_run(bare_path: Path)
         await pilot.press("enter")
         await settle(pilot, app)
         assert isinstance(app.screen, FeatureDetailScreen)
-        assert "not in the FM (refusal-explorer analyze fm)" in shown(app, "#detail-links")
+        assert "no FM on this layer yet (refusal-explorer analyze fm)" in shown(app, "#detail-links")
         assert len(app.screen.query_one("#detail-examples", ExampleList).examples) > 0
         app.open_prompt(0)
         await settle(pilot, app)

@@ -34,7 +34,11 @@ async def test_evaluation_view_shows_rates_sweep_and_generations(study_path: Pat
         summary = shown(app, "#evaluation-summary")
         assert "== direction" in summary and "phrase 25% [" in summary and "weapons" in summary
         assert "CE +0.250" in summary
-        assert "clamp value" in shown(app, "#evaluation-sweep") and "50%" in shown(app, "#evaluation-sweep")
+        sweep = shown(app, "#evaluation-sweep")
+        assert "clamp value" in sweep and "50%" in sweep
+        assert "latents [42, 17]" in sweep and "refusal rate colour scale" in sweep  # columns named by latent, with a key
+        cells = app.screen.query_one("#evaluation-sweep").content
+        assert any("on #" in str(span.style) for span in cells.spans)  # rates coloured
         table = app.screen.query_one("#evaluation-rows", DataTable)
         assert table.row_count == 9
         table.focus()

@@ -55,7 +55,7 @@ async def test_categories_jailbreak_and_probe_views(paper2_path: Path) -> None:
         head = shown(app, "#cat-head")
         assert "shared by all: 3" in head and "no evidence of specific latents beyond chance" not in head
         transfer = shown(app, "#cat-transfer")
-        assert "75%" in transfer and "80%" in transfer and "random" in transfer
+        assert "75%" in transfer and "80%" in transfer and "random" in transfer and "flip rate colour scale" in transfer
         await pilot.press("enter")
         await settle(pilot, app)
         assert isinstance(app.screen, FeatureDetailScreen) and app.screen.latent == 5

@@ -69,15 +69,20 @@ async def test_fm_view_colours_grid_and_opens_latent(study_path: Path) -> None:
         await settle(pilot, app)
         grid = app.screen.query_one("#fm-grid", DataTable)
         n = min(TOP, len(fm.latents))
-        assert grid.row_count == n and len(grid.columns) == n + 3
-        styled = [cell for row in range(n) for cell in grid.get_row_at(row)[3:] if cell.style]
+        assert grid.row_count == n and len(grid.columns) == n + 2
+        styled = [cell for row in range(n) for cell in grid.get_row_at(row)[2:] if cell.style]
         assert len(styled) == n * (n - 1)  # every off-diagonal pair coloured
+        rows = [str(grid.get_row_at(row)[0]) for row in range(n)]
+        heads = [column.label.plain.replace("\n", "").strip() for column in grid.columns.values()][2:]
+        assert heads == rows and set(rows) <= {str(int(x)) for x in fm.latents}  # columns named by latent id, not 0..n-1
+        scale = shown(app, "#fm-scale")
+        assert "colour scale" in scale and "-" in scale and "+" in scale and " 0 " in scale
         assert "⟨vᵢ,vⱼ⟩ =" in shown(app, "#fm-status")  # the cursor starts on a pair
         pairs = shown(app, "#fm-pairs")
         top = fm.verified_pairs()[0]  # verified pairs, FM beside measured, and the verdict in the head
         assert f"{top['i']}×{top['j']}" in pairs and "measured" in pairs and "sign disagrees" in pairs
         assert "Interactions explain 23.0% more variance" in shown(app, "#fm-head")
-        latent = int(str(grid.get_row_at(0)[1]))
+        latent = int(str(grid.get_row_at(0)[0]))
         await pilot.press("enter")
         await settle(pilot, app)
         assert isinstance(app.screen, FeatureDetailScreen) and app.screen.latent == latent

@@ -109,3 +109,19 @@ def test_live_panel_streams_and_rejects_bad_ids(page: Page) -> None:
     expect(page.locator("#live-status")).to_contain_text("baseline +1.750, edited -2.500")
     expect(page.locator("#live-baseline textarea")).to_have_value(re.compile(r"^I'm sorry, I can't"))
     expect(page.locator("#live-edited textarea")).to_have_value(re.compile(r"^Sure, here is how"))
+
+
+def test_dormant_row_opens_its_card_latent_and_prompt(page: Page) -> None:
+    page.get_by_role("tab", name="Dormant latents").click()
+    expect(page.locator("#dormant-card")).to_contain_text("Latent 7 · layer 6")  # the first row, before any click
+    cell(page, "dormant-table", 1).click()
+    card = page.locator("#dormant-card")
+    expect(card).to_contain_text("Latent 77 · layer 6")
+    expect(card).to_contain_text("Prompt 0 (harmful")
+    expect(card).to_contain_text("set 0 − 3")
+    page.locator("#dormant-open-latent").click()
+    expect(page.locator("#feature-head")).to_contain_text("Latent 77 · layer 6")
+    page.get_by_role("tab", name="Dormant latents").click()
+    page.locator("#dormant-open-prompt").click()
+    expect(page.locator("#prompt-facts")).to_contain_text("Prompt 0 · harmful")
+    expect(page.locator("#prompt-facts")).to_contain_text("latent 77")

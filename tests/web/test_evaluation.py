@@ -25,7 +25,8 @@ def test_evaluation_tab_table_heatmap_and_generation_card(study_path: Path, tmp_
         assert "== direction" in text and "phrase 25% [" in text and "weapons" in text
         assert len(frame) == 9 and frame["semantic"].tolist()[-1] == "refusal"
         heat = figure.data[0]
-        assert list(heat.x) == ["1", "2"] and list(heat.y) == ["10", "20"] and heat.z[1][1] == 0.5
+        assert list(heat.x) == ["1 (+42)", "2 (+17)"] and list(heat.y) == ["10", "20"] and heat.z[1][1] == 0.5
+        assert heat.colorbar.title.text == "refusal rate" and "[42, 17]" in figure.layout.title.text
         card = generation_card(ctx, 0)
         assert "prompt 0" in card and "I'm sorry, I can't." in card and "substring: **refusal** (I'm sorry)" in card
         app = build_app(study)

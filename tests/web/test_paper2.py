@@ -37,6 +37,7 @@ def test_views_show_the_results(paper2_path: Path, tmp_path: Path) -> None:
         assert "Shared by every category** (top 2 by attribution): 3" in text and "No evidence" not in text
         assert frame["specific"].tolist() == ["5", "7"]
         assert figure.data[0].z[0] == [0.75, 0.2] and figure.data[0].y[-1] == "random control"
+        assert figure.data[0].colorbar.title.text == "flip rate"
         text, wrappers, tokens = jailbreak_view(ctx)
         assert "' fictional'" in text and wrappers["refused"].tolist() == ["1/2", "2/2"]
         assert tokens["occlusion_latent_change"].tolist()[0] == pytest.approx(0.7) and tokens["occlusion_latent_change"].isna().tolist()[1:] == [True, True]

@@ -26,7 +26,7 @@ def test_overview_lists_study_and_analyses(ctx: WebContext) -> None:
     assert "synthetic/tiny-chat" in text and "24 harmful" in text and "24 harmless" in text
     assert text.count("| present |") == len(RESULT_TYPES) and "missing" not in text
     assert "first token changes: 12.5%" in text and "change 4.0%–8.0% of them" in text
-    assert figure is not None and figure.data[0].type == "heatmap"
+    assert figure is not None and figure.data[0].type == "heatmap" and figure.data[0].colorbar.title.text == "score drop"
 
 
 def test_overview_names_the_command_for_each_missing_analysis(bare_ctx: WebContext) -> None:
@@ -188,6 +188,8 @@ def test_fm_and_dormant_views(ctx: WebContext) -> None:
     n = len(ctx.fm.latents)
     assert "Interactions explain 23.0% more variance" in text and "fm 0.940 [0.920, 0.960]" in text
     assert np.array(figure.data[0].z).shape == (n, n)
+    assert list(figure.data[0].x) == [str(int(x)) for x in ctx.fm.latents] == list(figure.data[0].y)  # ids, not 0..n-1
+    assert figure.data[0].colorbar.title.text == "⟨v_i, v_j⟩"
     assert pairs.columns.tolist() == ["latent_i", "latent_j", "fm", "measured", "measured_sd", "sign"]
     assert pairs["measured"].iloc[0] == pytest.approx(0.7333, abs=1e-3) and pairs["sign"].tolist() == ["agrees", "⚠ disagrees"]
     assert weights["in_minimal_set"].sum() == len(PLANTED)
@@ -229,3 +231,16 @@ def test_joint_minimal_set_is_labelled(ctx: WebContext) -> None:
     ctx.greedy = dataclasses.replace(ctx.greedy, joint_prompts=np.array([4, 0, 2]))
     _, frame = analyses.minimal_sets(ctx)
     assert frame["searched_on"].tolist() == ["0", "2", "joint: 3 prompts"]
+
+
+def test_dormant_card_ties_a_row_to_its_prompt_and_set(ctx: WebContext) -> None:
+    _, frame = analyses.dormant_latents(ctx)
+    text, latent, prompt = analyses.dormant_card(ctx, frame.iloc[1].tolist())
+    assert (latent, prompt) == (DORMANT[1], 0)
+    set0 = " ".join(map(str, ctx.greedy.latents_of(0).tolist()))
+    assert f"Latent {DORMANT[1]} · layer 6" in text and "**Prompt 0** (harmful" in text
+    assert f"`set 0 − 3` (latents {set0}, less 3) ablated" in text and "does not flip" in text
+    assert "Verdict**: no causal effect" in text and "1.200 woken" in text
+    text, latent, _ = analyses.dormant_card(ctx, frame.iloc[0].tolist())
+    assert latent == DORMANT[0] and "dormant backup" in text and "Clamped to its woken value" in text
+    assert analyses.dormant_card(ctx, [12345, 6, 0, "set 0"])[0].startswith("⚠️ latent 12345 is not in the dormant table")
