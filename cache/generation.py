@@ -68,11 +68,10 @@ class RefusalDetector:
         return cls(phrases=phrases, window=window)
 
 
-@torch.no_grad()
-def greedy_generate(
+def _greedy_new_tokens(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, token_ids: Sequence[Sequence[int]], max_new_tokens: int,
-) -> list[str]:
-    """Greedy continuations of a batch of tokenized prompts, decoded without special tokens."""
+) -> torch.Tensor:
+    """[batch, new] greedy continuation ids (rows that stopped early are padded with pad ids)."""
     pad_id = pad_token_id(tokenizer)
     inputs = pad_left(token_ids, pad_id, model.device)
     inputs.pop("position_ids")  # generate() derives positions from the attention mask itself
@@ -80,5 +79,30 @@ def greedy_generate(
         **inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id,
         temperature=None, top_p=None, top_k=None,
     )
-    new_tokens = output[:, inputs["input_ids"].shape[1] :]
+    return output[:, inputs["input_ids"].shape[1] :]
+
+
+@torch.no_grad()
+def greedy_generate(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, token_ids: Sequence[Sequence[int]], max_new_tokens: int,
+) -> list[str]:
+    """Greedy continuations of a batch of tokenized prompts, decoded without special tokens."""
+    new_tokens = _greedy_new_tokens(model, tokenizer, token_ids, max_new_tokens)
     return [re.sub(r"\s+$", "", text) for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+
+@torch.no_grad()
+def greedy_response_ids(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, token_ids: Sequence[Sequence[int]], max_new_tokens: int,
+) -> list[list[int]]:
+    """The model's own greedy responses as token ids, up to and including its end-of-turn token
+    (EOS), so ``prompt + response`` is the chat text the model itself would produce."""
+    new_tokens = _greedy_new_tokens(model, tokenizer, token_ids, max_new_tokens).tolist()
+    stops = {int(t) for t in (tokenizer.eos_token_id, pad_token_id(tokenizer)) if t is not None}
+    generation_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    stops |= {int(t) for t in (generation_eos if isinstance(generation_eos, list) else [generation_eos]) if t is not None}
+    out = []
+    for row in new_tokens:
+        cut = next((i + 1 for i, t in enumerate(row) if int(t) in stops), len(row))
+        out.append([int(t) for t in row[:cut]])
+    return out

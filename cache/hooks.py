@@ -156,3 +156,20 @@ def capture_resid(model: nn.Module, layers: Sequence[int], *, stop: bool = False
             yield out
         except _StopForward:
             pass
+
+
+@contextmanager
+def transform_resid(model: nn.Module, layer: int, transform: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+    """Replace block ``layer``'s output hidden state ``h`` [batch, seq, d_model] by
+    ``transform(h)`` (same shape) for every forward inside the block: the splice of a bare
+    reconstruction or a zero-ablation when an SAE's loss recovered is measured."""
+    blocks = decoder_layers(model)
+    check_layer(blocks, layer)
+
+    def hook(_module: nn.Module, _args: tuple, output: Any) -> Any:
+        hidden = block_hidden(output)
+        return replace_hidden(output, transform(hidden).to(dtype=hidden.dtype, device=hidden.device))
+
+    with collected_hooks() as handles:
+        handles.append(blocks[layer].register_forward_hook(hook))
+        yield

@@ -28,7 +28,7 @@ import shlex
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,12 @@ OUTLIER_NORM_FACTOR = 5.0
 MASSIVE_POLICIES = ("rescale", "drop", "keep")
 #: Training tokens sampled (with the held-out ones) to decide which latents are dead.
 DEAD_SAMPLE_TOKENS = 65_536
+#: A latent active on more than this share of those tokens counts as dense.
+DENSE_FRACTION = 0.10
+#: ``quality(loaded, layers)`` -> ``measure(layer, sae) -> dict``: the refusal-level quality
+#: numbers (``explorer.sae_quality``) that ``train-sae`` adds to each ``metrics.json``; passed
+#: in by the command because they need the analysis layer, which ``cache`` does not import.
+QualityHook = Callable[[LoadedModel, Sequence[int]], Callable[[int, Any], dict[str, Any]]]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -118,6 +124,10 @@ class TrainSAEConfig:
     (``~/.cache/refusal-explorer/activations``), so a rerun continues or reuses it."""
     overwrite: bool = False
     """Replace SAEs already in ``out``."""
+    quality: bool = True
+    """After training, measure how much of refusal each SAE carries (IG split of the direction
+    ablation, loss recovered on held-out chat text; ``measure-sae``'s numbers) into
+    ``metrics.json``'s ``quality`` (a few minutes per SAE on a CPU)."""
 
     def __post_init__(self) -> None:
         if not self.layers:
@@ -386,10 +396,12 @@ def evaluate_sae(sae: Any, data: dict[str, np.ndarray], *, seed: int = 0) -> dic
     train_rows = np.flatnonzero(~data["holdout"])
     rng = np.random.default_rng(seed)
     sample_rows = np.sort(rng.choice(train_rows, size=min(DEAD_SAMPLE_TOKENS, len(train_rows)), replace=False))
-    fired = (codes != 0).any(0)
+    counts = (codes != 0).sum(0)  # [d_sae] tokens each latent is active on
     for start in range(0, len(sample_rows), 8192):
         chunk = torch.from_numpy(data["acts"][sample_rows[start : start + 8192]]).float()
-        fired |= (encode(sae, chunk) != 0).any(0)
+        counts += (encode(sae, chunk) != 0).sum(0)
+    fired = counts > 0
+    dense = counts > DENSE_FRACTION * (holdout.shape[0] + len(sample_rows))
     l0 = (codes != 0).sum(-1).float()
     return {
         "explained_variance": explained_variance(holdout, recon),
@@ -402,6 +414,8 @@ def evaluate_sae(sae: Any, data: dict[str, np.ndarray], *, seed: int = 0) -> dic
         "l0_ordinary_tokens": float(l0[ordinary].mean()) if bool(ordinary.any()) else float("nan"),
         "dead_fraction": float(1.0 - fired.float().mean()),
         "dead_latents": int((~fired).sum()),
+        "dense_fraction": float(dense.float().mean()),
+        "dense_latents": int(dense.sum()),
         "d_sae": int(codes.shape[-1]),
         "holdout_tokens": int(holdout.shape[0]),
         "holdout_first_tokens": int((position == 0).sum()),
@@ -441,12 +455,12 @@ def _check_outputs(config: TrainSAEConfig) -> None:
 
 def train_saes(
     config: TrainSAEConfig, *, loaded: LoadedModel | None = None, progress: bool = True,
-    command: Sequence[str] | None = None,
+    command: Sequence[str] | None = None, quality: QualityHook | None = None,
 ) -> dict[int, dict[str, Any]]:
     """Gather the corpus, cache activations, train one SAE per layer; returns metrics per layer.
 
     ``loaded`` reuses a model in memory; ``command`` is recorded in ``training.json`` (default:
-    this process's argv).
+    this process's argv); ``quality`` adds the refusal-level numbers as ``metrics["quality"]``.
     """
     wall = time.perf_counter()
     _check_outputs(config)
@@ -479,6 +493,8 @@ def train_saes(
     results: dict[int, dict[str, Any]] = {}
     from cache.sae import load_sae
 
+    measure = quality(loaded, sorted(config.layers)) if quality is not None else None
+
     for layer in sorted(config.layers):
         data = _read_layer(activation_path, layer, segments)
         train, n_massive = training_rows(data, config.massive_tokens)  # [n_train, d] float16
@@ -489,6 +505,8 @@ def train_saes(
         saved = load_sae(str(directory), d_model=int(loaded.model.config.hidden_size), n_layers=depth)
         metrics = {"layer": layer, "hook_name": HOOK_NAME.format(layer=layer), "architecture": "topk",
                    "k": config.k, **evaluate_sae(saved, data, seed=config.seed)}
+        if measure is not None:
+            metrics["quality"] = measure(layer, saved)
         (directory / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         record = {**record_base, "layer": layer, "training": info, "train_tokens": int(train.shape[0]),
                   "wall_seconds": round(time.perf_counter() - wall, 2)}

@@ -72,7 +72,7 @@ def cosine_scores(decoder: torch.Tensor, direction: torch.Tensor) -> np.ndarray:
     return (decoder @ unit / decoder.norm(dim=-1).clamp_min(1e-12)).numpy().astype(np.float32)
 
 
-def _included(length: int, n_positions: int, positions: str, device: torch.device) -> torch.Tensor:
+def included_positions(length: int, n_positions: int, positions: str, device: torch.device) -> torch.Tensor:
     mask = torch.zeros(length, dtype=torch.bool, device=device)
     if positions == "post-instruction":
         mask[-n_positions:] = True
@@ -169,7 +169,7 @@ def run_candidates(
         raise InputError("the study has no harmful prompts in that split to attribute on")
     token_ids = prompt_token_ids(study, prompts)
     ev = AblationEvaluator.from_live(live, token_ids, EvaluatorConfig(layer=config.layer, max_batch=max(config.ig_steps, config.batch_size)))
-    masks = [_included(len(ids), live.n_positions, config.positions, sae.W_dec.device) for ids in token_ids]
+    masks = [included_positions(len(ids), live.n_positions, config.positions, sae.W_dec.device) for ids in token_ids]
     attribution = gradient_times_activation(ev, masks, config.batch_size, progress)
     ig = np.zeros_like(attribution)
     error_share = drop = float("nan")

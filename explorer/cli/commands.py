@@ -1,4 +1,4 @@
-"""The top-level commands: cache, merge, info, setup-model, demo, train-sae.
+"""The top-level commands: cache, merge, info, setup-model, demo, train-sae, measure-sae.
 
 Heavy imports (torch, the model code) happen inside the commands so ``--help`` stays instant.
 """
@@ -178,16 +178,60 @@ def train_sae_command(as_json: bool, **options: Any) -> None:
     from cache.train_sae import train_saes
 
     config = TRAIN_SAE_OPTIONS.build(options)
-    results = train_saes(config, command=_canonical_command(click.get_current_context()))
-    lines = [
-        f"layer {layer}: explained variance {m['explained_variance']:.3f} "
-        f"(without first/massive-norm tokens {m['explained_variance_ordinary_tokens']:.3f}, "
-        f"post-instruction {m['explained_variance_post_instruction']:.3f}), "
-        f"L0 {m['l0']:.1f}, dead {m['dead_fraction']:.1%}  -> {config.layer_dir(layer)}"
-        for layer, m in sorted(results.items())
-    ]
+    quality = None
+    if config.quality:
+        from explorer.sae_quality import quality_hook
+
+        quality = quality_hook(config)
+    results = train_saes(config, command=_canonical_command(click.get_current_context()), quality=quality)
+    lines = []
+    for layer, m in sorted(results.items()):
+        lines.append(
+            f"layer {layer}: explained variance {m['explained_variance']:.3f} "
+            f"(without first/massive-norm tokens {m['explained_variance_ordinary_tokens']:.3f}, "
+            f"post-instruction {m['explained_variance_post_instruction']:.3f}), "
+            f"L0 {m['l0']:.1f}, dead {m['dead_fraction']:.1%}, dense {m['dense_fraction']:.1%}  -> {config.layer_dir(layer)}")
+        if "quality" in m:
+            from explorer.sae_quality import quality_text
+
+            lines.append("  " + quality_text(layer, m["quality"]))
     facts = {"layers": {layer: {**m, "dir": config.layer_dir(layer)} for layer, m in sorted(results.items())}}
     emit(facts, "\n".join(lines), as_json=as_json)
+
+
+MEASURE_SAE_OPTIONS = ConfigOptions("explorer.sae_quality:SAEQualityConfig")
+
+
+@command("measure-sae", options=MEASURE_SAE_OPTIONS, options_at=5)
+@click.option("--sae", "saes", multiple=True, required=True, metavar="LAYER=DIR",
+              help="An SAE to measure, e.g. 14=default (the packaged one) or 14=out/layer_14; repeat for more.")
+@click.option("--model", default="default", show_default=True, help="'default' (the embedded model), a local directory, or a Hugging Face id in the local cache.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--dtype", default="auto", show_default=True, help="Model dtype: auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16.")
+@click.option("--write", is_flag=True, help="Store the numbers as 'quality' in each SAE directory's metrics.json.")
+def measure_sae_command(saes: tuple[str, ...], model: str, device: str, dtype: str, write: bool, as_json: bool, **options: Any) -> None:
+    """How much of refusal an SAE carries: IG split of the direction ablation, loss recovered.
+
+    On the held-out prompts of train-sae's split (same files, --holdout-fraction, --seed): the
+    share of the refusal direction's effect carried by latents vs the error term (integrated
+    gradients on held-out refused prompts), spliced-in next-token CE loss recovered on held-out
+    chat text (prompts + the model's own responses), explained variance without the first and
+    massive-norm tokens, L0, dead and dense latents.
+    """
+    from cache.sae import parse_sae_specs, resolve_spec
+
+    config = MEASURE_SAE_OPTIONS.build(options)
+    specs = [resolve_spec(spec) for spec in parse_sae_specs(saes)]  # checked before the model loads
+    for spec in specs:
+        if not spec.is_local and write:
+            raise InputError(f"--write needs SAE directories; {spec.label} is a registry SAE")
+    from explorer.sae_quality import measure_specs, quality_text
+
+    results = measure_specs(specs, config, model=model, device=device, dtype=dtype, write=write)
+    lines = [quality_text(layer, q) for layer, q in results.items()]
+    if write:
+        lines += [f"written    {spec.path}/metrics.json" for spec in specs]
+    emit({"layers": results}, "\n".join(lines), as_json=as_json)
 
 
 def _canonical_command(ctx: click.Context) -> list[str]:

@@ -185,6 +185,11 @@ def test_cli_trains_and_reports(tmp_path: Path, files: dict[str, Path], tiny_mod
     assert result.exit_code == 0, result.output
     assert "layer 2: explained variance" in result.output and "L0 4.0" in result.output
     assert load_sae(str(tmp_path / "out" / "layer_2")).cfg.d_sae == 32
+    # the refusal-level quality is measured on the held-out prompts and stored beside the SAE
+    assert "loss recovered" in result.output and "dense" in result.output
+    quality = json.loads((tmp_path / "out" / "layer_2" / "metrics.json").read_text())["quality"]
+    assert quality["held_out_harmful"] == 1 and 0 < quality["text_sequences"] <= 2
+    assert quality["loss_recovered"] is not None and quality["ce_clean_all"] < quality["ce_zero_all"] + 5
     record = json.loads((tmp_path / "out" / "layer_2" / "training.json").read_text())
     # the recorded command is the one typed, with every non-default option
     assert record["command"] == " ".join(["refusal-explorer", *args[:1], *args[1:]])
