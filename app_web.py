@@ -24,7 +24,7 @@ from explorer.filters import FEATURES, PROMPTS
 from explorer.cli.options import ConfigOptions
 from explorer.cli.output import one_line_errors
 from explorer.cli.shell import CONTEXT, run_standalone
-from refusal_web import analyses, plots, prompts, views
+from refusal_web import analyses, dashboard, plots, prompts, views
 from refusal_web.context import WebContext, make_context
 from refusal_web.links import Target, open_in
 from refusal_web.live import MODES, LiveLimits, LiveModel, live_generate, open_live_model
@@ -79,9 +79,14 @@ def _features_tab(ctx: WebContext) -> Target:
     head = gr.Markdown(detail[0], elem_id="feature-head")
     with gr.Row():
         with gr.Column(scale=3):
-            examples = gr.HTML(detail[1], elem_id="feature-examples", label="Top-activating prompts")
+            examples = gr.HTML(detail[1], elem_id="feature-examples", label="Top prompts per label and per activation quantile")
+            with gr.Row():
+                text_query = gr.Textbox(label="Search the prompts where this latent fires", placeholder="words in the prompt",
+                                        scale=4, elem_id="feature-text-query")
+                text_search = gr.Button("Search", scale=1, elem_id="feature-text-search")
+            found = gr.HTML(elem_id="feature-text-found")
         with gr.Column(scale=2):
-            histogram = gr.Plot(detail[2], label="Activation histogram (camera icon: PNG)", elem_id="feature-histogram")
+            histogram = gr.Plot(detail[2], label="Activation histogram by label (camera icon: PNG)", elem_id="feature-histogram")
             lens = gr.Markdown(detail[3], elem_id="feature-lens")
             partners = gr.Dataframe(detail[4], interactive=False, label="FM partners", max_height=260)
     search_inputs, page_outputs = [layers, query, sort_by, descending], [table, status_md, page_no]
@@ -95,6 +100,8 @@ def _features_tab(ctx: WebContext) -> Target:
     table.select(_first_cell, None, latent).then(partial(views.feature_view, ctx), [layers, latent], detail_outputs)
     partners.select(_first_cell, None, latent).then(partial(views.feature_view, ctx), [layers, latent], detail_outputs)
     export.click(partial(views.feature_csv, ctx), search_inputs, export_file)
+    for trigger in (text_query.submit, text_search.click):
+        trigger(partial(dashboard.search_prompts, ctx), [layers, latent, text_query], found)
     return Target("features", {"layer": layers, "latent": latent}, partial(views.feature_view, ctx), [layers, latent], detail_outputs)
 
 

@@ -136,14 +136,19 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def _logit_lens(decoder: torch.Tensor, unembed: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Tokens each latent's decoder row promotes most and least: [d_sae, k] ids each."""
-    top, bottom = [], []
+def _logit_lens(decoder: torch.Tensor, unembed: torch.Tensor) -> dict[str, np.ndarray]:
+    """Tokens each latent's decoder row promotes most and least ([d_sae, k] ids each) and by how
+    much (the decoder row times the unembedding: the logit it adds per unit of activation)."""
+    parts: dict[str, list[torch.Tensor]] = {"top": [], "top_value": [], "bottom": [], "bottom_value": []}
     for rows in decoder.split(1024):
         logits = rows.to(unembed) @ unembed.T  # [chunk, vocab]
-        top.append(logits.topk(LOGIT_LENS_TOKENS, dim=-1).indices)
-        bottom.append((-logits).topk(LOGIT_LENS_TOKENS, dim=-1).indices)
-    return torch.cat(top).int().cpu().numpy(), torch.cat(bottom).int().cpu().numpy()
+        top, bottom = logits.topk(LOGIT_LENS_TOKENS, dim=-1), (-logits).topk(LOGIT_LENS_TOKENS, dim=-1)
+        parts["top"].append(top.indices)
+        parts["top_value"].append(top.values)
+        parts["bottom"].append(bottom.indices)
+        parts["bottom_value"].append(-bottom.values)
+    out = {f"logit_lens_{name}": torch.cat(chunks).cpu().numpy() for name, chunks in parts.items()}
+    return {name: values.astype(np.float32 if name.endswith("value") else np.int32) for name, values in out.items()}
 
 
 def check_output(config: CacheConfig) -> None:
@@ -268,8 +273,7 @@ def _run_locked(
     sae_arrays = {}
     for layer, sae in saes.items():
         decoder = sae_lib.decoder_rows(sae)
-        top, bottom = _logit_lens(decoder, unembed)
-        sae_arrays[layer] = {"decoder_norm": decoder.norm(dim=-1).float().cpu().numpy(), "logit_lens_top": top, "logit_lens_bottom": bottom}
+        sae_arrays[layer] = {"decoder_norm": decoder.norm(dim=-1).float().cpu().numpy(), **_logit_lens(decoder, unembed)}
     spec = StudySpec(
         model_id=loaded.model_id, model_revision=loaded.revision, layers=tuple(config.layers), d_model=d_model,
         resid_rows=config.positions, n_positions=n_positions,

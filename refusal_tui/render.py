@@ -164,3 +164,41 @@ def vertical_label(label: str, height: int) -> Text:
     """A column header written downwards (one character a line, bottom-aligned), so a grid
     of 3-cell columns can name its columns by latent id."""
     return Text("\n".join(label.rjust(height)), justify="center")
+
+
+def histogram_by_label_text(edges: np.ndarray, counts: dict[str, np.ndarray], *, width: int = 14, max_rows: int = 8) -> Text:
+    """Token counts per activation bin, one bar per label (red harmful, green harmless) on one
+    scale, merging bins so it fits in ``max_rows`` lines."""
+    if not counts or len(edges) < 2 or sum(int(c.sum()) for c in counts.values()) == 0:
+        return Text("(never active)", style="italic")
+    n_bins = len(edges) - 1
+    merge = max(1, math.ceil(n_bins / max_rows))
+    starts = np.arange(0, n_bins, merge)
+    merged = {label: np.add.reduceat(c, starts) for label, c in counts.items()}
+    top = max(int(m.max()) for m in merged.values()) or 1
+    text = Text()
+    for k, low in enumerate(edges[:-1][::merge]):
+        text.append(f"{low:6.2f} ")
+        for label, m in merged.items():
+            style = "red" if label == "harmful" else "green" if label == "harmless" else "bold"
+            text.append(bar(m[k] / top, width // len(merged)).ljust(width // len(merged)), style=style)
+            text.append(f"{int(m[k]):>4}", style=style)
+        text.append("\n")
+    text.append("       " + "  ".join(f"{label}" for label in merged), style="dim")
+    return text
+
+
+def lens_values_text(top: list[tuple[str, float]], bottom: list[tuple[str, float]]) -> Text:
+    """The logit lens: promoted and suppressed tokens, one a line, each with its logit per unit
+    activation (shown only where the study stored it)."""
+    text = Text("Logit lens (logit per unit)\n", style="bold")
+    if not top and not bottom:
+        return text.append("not stored in this study (cached without the logit lens)", style="italic")
+    for (up, up_value), (down, down_value) in zip(top, bottom):
+        cell = token_label(up).replace(" ", "␣")[:8]
+        text.append(f"{cell:<8}", style="green")
+        text.append(f"{number(up_value, '+.2f', ''):>6} ", style="green")
+        text.append(f"{token_label(down).replace(' ', '␣')[:8]:<8}", style="red")
+        text.append(f"{number(down_value, '+.2f', ''):>6}\n", style="red")
+    text.rstrip()
+    return text

@@ -193,17 +193,25 @@ class ExampleList(Widget, can_focus=True):
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.examples: list[ActivationExample] = []
+        self.tags: list[str] = []
         self.vmax = 0.0
         self.index = 0
+        self.empty = "This latent never fires on the cached prompts."
 
-    def set_examples(self, examples: list[ActivationExample], vmax: float) -> None:
+    def set_examples(self, examples: list[ActivationExample], vmax: float, *, tags: list[str] | None = None,
+                     empty: str | None = None) -> None:
+        """Show these examples; ``tags`` (one per example) lead each header, e.g. its quantile."""
         self.examples, self.vmax, self.index = examples, vmax, 0
+        self.tags = tags or [""] * len(examples)
+        self.empty = empty or "This latent never fires on the cached prompts."
         self.refresh(layout=True)
 
     def item_text(self, index: int, width: int = 80) -> Text:
         example = self.examples[index]
         selected = index == self.index and self.has_focus
         head = Text("▶ " if index == self.index else "  ", style="bold")
+        if index < len(self.tags) and self.tags[index]:
+            head.append(f"{self.tags[index]} ", style="dim")
         head.append(f"#{example.prompt} ", style="bold reverse" if selected else "bold")
         head.append(example.label, style="red" if example.label == "harmful" else "green")
         head.append(f" · {example.peak_value:.2f} at token {example.peak_position}")
@@ -216,7 +224,7 @@ class ExampleList(Widget, can_focus=True):
 
     def render(self) -> Text:
         if not self.examples:
-            return Text("This latent never fires on the cached prompts.", style="italic")
+            return Text(self.empty, style="italic")
         width = max(20, self.size.width)
         return Text("\n\n").join(self.item_text(i, width) for i in range(len(self.examples)))
 

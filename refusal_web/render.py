@@ -37,20 +37,22 @@ def token_spans(tokens: list[str], values: np.ndarray, vmax: float, peak: int | 
     return "".join(spans)
 
 
+def example_block(example: ActivationExample, vmax: float, head: str) -> str:
+    """One prompt as a block: a head line, then its tokens shaded by the latent's activation."""
+    head = (f'<div class="re-ex-head">{head}prompt {example.prompt} · {html.escape(example.label)} · '
+            f"peak {example.peak_value:.3f} at token {example.peak_position} "
+            f"({html.escape(show_token(example.tokens[example.peak_position]))!s})</div>")
+    body = token_spans(example.tokens, example.activations, vmax, example.peak_position)
+    return (f'<div class="re-example" data-prompt="{example.prompt}" data-label="{html.escape(example.label)}">'
+            f'{head}<div class="re-toks">{body}</div></div>')
+
+
 def examples_html(examples: list[ActivationExample], latent: int) -> str:
     """Top-activating prompts, one block each, tokens shaded by the latent's activation."""
     if not examples:
         return f'<p class="re-empty">Latent {latent} never fires in this study.</p>'
     vmax = max(float(example.peak_value) for example in examples)
-    blocks = []
-    for rank, example in enumerate(examples, 1):
-        head = (
-            f'<div class="re-ex-head">#{rank} · prompt {example.prompt} · {html.escape(example.label)} · '
-            f"peak {example.peak_value:.3f} at token {example.peak_position} "
-            f"({html.escape(show_token(example.tokens[example.peak_position]))!s})</div>"
-        )
-        body = token_spans(example.tokens, example.activations, vmax, example.peak_position)
-        blocks.append(f'<div class="re-example" data-prompt="{example.prompt}">{head}<div class="re-toks">{body}</div></div>')
+    blocks = [example_block(example, vmax, f"#{rank} · ") for rank, example in enumerate(examples, 1)]
     return f'<div class="re-examples" data-latent="{latent}">{"".join(blocks)}</div>'
 
 
@@ -74,4 +76,7 @@ CSS = """
 .re-example { margin-bottom: 0.6em; }
 .re-ex-head { font-size: 0.8em; opacity: 0.75; }
 .re-empty { opacity: 0.7; }
+.re-cols { display: grid; grid-template-columns: 1fr 1fr; gap: 1em; }
+.re-col h4, .re-bucket h4 { margin: 0.4em 0; }
+.re-col, .re-bucket { min-width: 0; overflow-x: auto; }
 """

@@ -20,7 +20,8 @@ from explorer.browse import FEATURE_COLUMNS
 from explorer.filters import FEATURES, check_sort
 from refusal_web import plots
 from refusal_web.context import WebContext, page_of, whole_number
-from refusal_web.render import examples_html, markdown_table, token_list
+from refusal_web.dashboard import dashboard_html, histogram_by_label, latent_dashboard, lens_markdown
+from refusal_web.render import markdown_table
 from store import InputError
 
 FLOAT_DIGITS = 4
@@ -117,8 +118,9 @@ def feature_csv(ctx: WebContext, layer: object, query: str, sort: str, descendin
 
 
 def feature_view(ctx: WebContext, layer: object, latent: object) -> tuple[str, str, go.Figure | None, str, pd.DataFrame]:
-    """Detail of one latent: (summary Markdown, top-activating prompts HTML, histogram,
-    logit-lens and membership Markdown, FM partners)."""
+    """Detail of one latent: (summary Markdown, the dashboard's examples HTML (top per label,
+    then per activation quantile), histogram by label, logit lens with values and membership
+    Markdown, FM partners)."""
     empty = pd.DataFrame({"partner": [], "interaction": []})
     try:
         chosen = ctx.pick_layer(layer)
@@ -137,9 +139,9 @@ def feature_view(ctx: WebContext, layer: object, latent: object) -> tuple[str, s
     if detail.dormant:
         head += ("\n\n**Dormant backup**: baseline {baseline:.3f} → {ablated:.3f} when the minimal set is ablated; "
                  "refusal effect {refusal_effect:+.3f}.").format(**detail.dormant)
-    counts, edges = detail.histogram
-    figure = plots.histogram(counts, edges, index) if len(counts) else None
-    lens = f"**Logit lens, promoted**: {token_list(detail.logit_lens_top)}\n\n**Logit lens, suppressed**: {token_list(detail.logit_lens_bottom)}"
+    board = latent_dashboard(ctx, chosen, index)
+    figure = histogram_by_label(board)
+    lens = lens_markdown(board)
     if ctx.greedy is None:
         lens += "\n\n" + ctx.missing_note("greedy", "minimal sets")
     elif detail.minimal_sets:
@@ -151,7 +153,7 @@ def feature_view(ctx: WebContext, layer: object, latent: object) -> tuple[str, s
         lens += "\n\n" + ctx.missing_note("fm", "FM fit (interaction partners)")
     partners = pd.DataFrame({"partner": [p for p, _ in detail.fm_partners],
                              "interaction": [round(v, FLOAT_DIGITS) for _, v in detail.fm_partners]})
-    return head, examples_html(detail.examples, index), figure, lens, partners
+    return head, dashboard_html(board, float(stats["max_active"])), figure, lens, partners
 
 
 # ----------------------------------------------------------------------------- tables to CSV

@@ -42,6 +42,9 @@ class SyntheticConfig:
     """Latents planted to fire on harmful prompts' end-of-instruction tokens."""
     dormant_latents: tuple[int, ...] = (7, 77)
     """Latents that never fire at baseline and are reported as dormant."""
+    harmless_latents: tuple[int, ...] = ()
+    """Latents planted to fire only on harmless prompts: once each, on the first instruction
+    token, at 1 + prompt index / n_prompts (so every prompt's peak differs)."""
     seed: int = 0
     batch_prompts: int = 2048
 
@@ -83,6 +86,16 @@ def _batch(config: SyntheticConfig, rng: np.random.Generator, start: int, stop: 
             chosen = np.array(config.refusal_latents[: slot.stop - slot.start], np.int32)
             indices[slot] = chosen
             values[slot] = 4.0 + rng.random(len(chosen))
+    if config.harmless_latents:
+        taken = {*config.harmless_latents, *config.dormant_latents, *config.refusal_latents}
+        filler = next(j for j in range(config.d_sae - 1, 0, -1) if j not in taken)
+        indices[np.isin(indices, config.harmless_latents)] = filler  # silent elsewhere
+        starts = ends - lengths
+        for p in np.flatnonzero(~harmful):
+            row = starts[p] + len(TEMPLATE_PREFIX)
+            chosen = np.array(config.harmless_latents[: per_token[row]], np.int32)
+            indices[indptr[row] : indptr[row] + len(chosen)] = chosen
+            values[indptr[row] : indptr[row] + len(chosen)] = 1.0 + (start + p) / config.n_prompts
     # CSR rows must hold each latent once, sorted
     rows = np.repeat(np.arange(n_tokens), per_token)
     key = rows * config.d_sae + indices
@@ -115,6 +128,9 @@ def make_synthetic_study(path: Path, config: SyntheticConfig = SyntheticConfig()
             "decoder_norm": np.linalg.norm(decoder, axis=1).astype(np.float32),
             "logit_lens_top": rng.integers(6, len(vocab), (config.d_sae, 8)).astype(np.int32),
             "logit_lens_bottom": rng.integers(6, len(vocab), (config.d_sae, 8)).astype(np.int32),
+            # the lens as values: latent j promotes its top tokens by j/100 + 1, 0.9, … (suppresses: the negatives)
+            "logit_lens_top_value": (np.arange(config.d_sae)[:, None] / 100 + np.linspace(1, 0.3, 8)).astype(np.float32),
+            "logit_lens_bottom_value": -(np.arange(config.d_sae)[:, None] / 100 + np.linspace(1, 0.3, 8)).astype(np.float32),
         }},
         identity={"synthetic": config.seed}, config={"synthetic": True, "seed": config.seed}, refusal_threshold=0.0,
     )

@@ -1,4 +1,6 @@
-"""One latent: where it fires (top prompts, tokens highlighted), how often, what it writes."""
+"""One latent: where it fires (top prompts, the top of each label, a few per activation quantile,
+a text search; tokens highlighted), how often (histogram by label), what it writes (logit lens
+with values). The numbers come from explorer.browse and explorer.latent_dashboard."""
 
 from __future__ import annotations
 
@@ -10,10 +12,11 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.widgets import Static
+from textual.widgets import Input, Static
 
-from explorer.browse import FeatureDetail
-from refusal_tui.render import frequency_bars, histogram_text, token_label
+from explorer.browse import ActivationExample, FeatureDetail
+from explorer.latent_dashboard import LatentDashboard, dashboard, search
+from refusal_tui.render import frequency_bars, histogram_by_label_text, lens_values_text
 from refusal_tui.data import StudyData
 from refusal_tui.screens.base import StudyScreen
 from refusal_tui.widgets import ExampleList
@@ -26,6 +29,7 @@ class DetailView:
     attribution: float | None
     fm_weight: float | None
     d_sae: int
+    board: LatentDashboard | None = None
     fm_ran: bool = False  # the FM stage ran on this layer (so "no partner" means it is not among its latents)
 
 
@@ -35,11 +39,15 @@ class FeatureDetailScreen(StudyScreen):
         Binding("escape", "app.back", "Back"),
         Binding("right_square_bracket", "step_next", "Next id"),
         Binding("left_square_bracket", "step_previous", "Prev id"),
+        Binding("v", "next_examples", "Examples"),
+        Binding("slash", "focus_search", "Search"),
     ]
 
     def __init__(self, layer: int, latent: int, *, prefetched: DetailView | None = None) -> None:
         super().__init__(prefetched=prefetched)
         self.sae_layer, self.latent = layer, latent
+        self.view: DetailView | None = None
+        self.examples_mode = 0  # index into example_modes(view)
 
     def compose_body(self) -> ComposeResult:
         yield Static(id="detail-head")
@@ -48,7 +56,8 @@ class FeatureDetailScreen(StudyScreen):
                 yield Static(id="detail-stats")  # one widget for all of it: each widget costs layout time
                 yield Static(id="detail-links")
             with Vertical(id="detail-right"):
-                yield Static("Top-activating prompts · enter opens one", classes="section")
+                yield Static("Top-activating prompts · enter opens one", classes="section", id="detail-examples-title")
+                yield Input(placeholder="/ search the prompts where it fires (enter)", id="detail-search", compact=True)
                 with VerticalScroll(id="detail-scroll"):
                     yield ExampleList(id="detail-examples")
 
@@ -60,18 +69,56 @@ class FeatureDetailScreen(StudyScreen):
         self.query_one("#detail-head", Static).update(head_text(view))
         labels = sorted({key.removeprefix("prompt_freq_") for key in detail.stats if key.startswith("prompt_freq_")})
         text = Text("Prompts where it fires\n", style="bold")
-        text.append_text(frequency_bars([(label, detail.stats[f"prompt_freq_{label}"]) for label in labels], width=14))
+        text.append_text(frequency_bars([(label, detail.stats[f"prompt_freq_{label}"]) for label in labels], width=12))
         text.append("\nTokens where it fires\n", style="bold")
-        text.append_text(frequency_bars([(label, detail.stats[f"token_freq_{label}"]) for label in labels], width=14))
+        text.append_text(frequency_bars([(label, detail.stats[f"token_freq_{label}"]) for label in labels], width=12))
         active = int(detail.stats["active_tokens"])
+        board = view.board
         text.append(f"\n\nActivations ({active:,} token{'' if active == 1 else 's'})\n", style="bold")
-        text.append_text(histogram_text(*detail.histogram, width=16, max_rows=8))
+        text.append_text(histogram_by_label_text(board.edges, board.counts_by_label) if board is not None
+                         else Text("(not computed)", style="italic"))
         text.append("\n\n")
-        text.append_text(lens_text(detail))
+        text.append_text(lens_values_text(board.lens_top, board.lens_bottom) if board is not None else Text(""))
         self.query_one("#detail-stats", Static).update(text)
         self.query_one("#detail-links", Static).update(links_markup(detail, view.fm_ran))
-        self.query_one("#detail-examples", ExampleList).set_examples(detail.examples, detail.stats.get("max_active", 0.0))
+        self.view, self.examples_mode = view, 0
+        self.query_one("#detail-search", Input).value = ""
+        self.show_examples()
+
+    def show_examples(self) -> None:
+        """The example list in the current mode: top overall, top per label, or per quantile."""
+        if self.view is None:
+            return
+        modes = example_modes(self.view)
+        current = self.examples_mode % len(modes)
+        _, title, examples, tags = modes[current]
+        following = modes[current + 1:] + modes[:current]
+        keys = " · v: " + " → ".join(name for name, _, _, _ in following) if len(modes) > 1 else ""
+        self.query_one("#detail-examples-title", Static).update(Text(f"{title} · enter opens one{keys}"))
+        empty = f"Latent {self.latent} never fires on a prompt of this kind." if self.view.board and self.view.board.n_prompts else None
+        self.query_one("#detail-examples", ExampleList).set_examples(examples, self.view.detail.stats.get("max_active", 0.0),
+                                                                   tags=tags, empty=empty)
         self.query_one("#detail-scroll").scroll_home(animate=False)
+
+    def action_next_examples(self) -> None:
+        self.examples_mode += 1
+        self.show_examples()
+
+    def action_focus_search(self) -> None:
+        self.query_one("#detail-search", Input).focus()
+
+    @on(Input.Submitted, "#detail-search")
+    def _search(self, event: Input.Submitted) -> None:
+        query = event.value.strip()
+        if not query:
+            self.show_examples()
+            return
+        found, total = search(self.data.browser, self.sae_layer, self.latent, query)
+        title = f"{total} prompt{'' if total == 1 else 's'} where it fires containing “{query}”"
+        self.query_one("#detail-examples-title", Static).update(Text(title + " · enter opens one · empty search: back"))
+        self.query_one("#detail-examples", ExampleList).set_examples(
+            found, max((e.peak_value for e in found), default=0.0), empty=f"No prompt where latent {self.latent} fires contains “{query}”.")
+        self.query_one("#detail-examples", ExampleList).focus()
 
     @on(ExampleList.Chosen)
     def _open_example(self, event: ExampleList.Chosen) -> None:
@@ -101,7 +148,22 @@ def read_detail(data: StudyData, layer: int, latent: int) -> DetailView:
     if fm is not None and fm.layer == layer and latent in fm.latents:
         fm_weight = float(fm.w[int(np.flatnonzero(fm.latents == latent)[0])])
     return DetailView(detail, cosine, attribution, fm_weight, data.codes(layer).d_sae,
-                      fm_ran=fm is not None and fm.layer == layer)
+                      board=dashboard(data.browser, layer, latent), fm_ran=fm is not None and fm.layer == layer)
+
+
+def example_modes(view: DetailView) -> list[tuple[str, str, list[ActivationExample], list[str]]]:
+    """(short name, title, examples, tags) per mode of the example list: top overall, top of
+    each label, a few from each activation quantile."""
+    modes = [("top", "Top-activating prompts", view.detail.examples, [])]
+    board = view.board
+    if board is None or board.n_prompts == 0:
+        return modes
+    for label, examples in board.top_by_label.items():
+        modes.append((label, f"Top {label}", examples, []))
+    tagged = [(f"Q{q} [{b.first + 1}–{b.stop}]", e) for q, b in enumerate(board.buckets, 1) for e in b.examples]
+    title = f"By activation quantile (Q1 strongest … Q{len(board.buckets)} weakest; [ranks] of {board.n_prompts} prompts)"
+    modes.append(("quantiles", title, [e for _, e in tagged], [t for t, _ in tagged]))
+    return modes
 
 
 def head_text(view: DetailView) -> Text:
@@ -124,21 +186,6 @@ def head_text(view: DetailView) -> Text:
         d = detail.dormant
         text.append(f"\nDormant: {d['baseline']:.2f} at baseline → {d['ablated']:.2f} with the set ablated; "
                     f"refusal effect {d['refusal_effect']:+.2f}", style="magenta")
-    return text
-
-
-def lens_text(detail: FeatureDetail) -> Text:
-    text = Text("Logit lens (decoder → unembedding)\n", style="bold")
-    if not detail.logit_lens_top and not detail.logit_lens_bottom:
-        text.append("not stored in this study (cached without the logit lens)", style="italic")
-        return text
-    for name, tokens, style in (("+", detail.logit_lens_top, "green"), ("−", detail.logit_lens_bottom, "red")):
-        text.append(f"{name} ", style=f"bold {style}")
-        for token in tokens:
-            text.append(token_label(token).replace(" ", "␣"), style=style)  # no quotes, no break inside
-            text.append(" ")
-        text.append("\n")
-    text.rstrip()
     return text
 
 

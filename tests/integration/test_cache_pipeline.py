@@ -80,6 +80,9 @@ def test_codes_match_direct_sae_encoding(tmp_path: Path, prompt_files: dict) -> 
         assert (np.count_nonzero(expected, axis=1) == 8).all()  # topk k=8 per token
         stats = codes.stats()
         assert stats["decoder_norm"].shape == (128,) and stats["logit_lens_top"].shape == (128, 8)
+        top, bottom = stats["logit_lens_top_value"], stats["logit_lens_bottom_value"]  # the lens as values
+        assert top.shape == bottom.shape == (128, 8) and (np.diff(top, axis=1) <= 0).all() and (np.diff(bottom, axis=1) >= 0).all()
+        assert (top[:, -1] > bottom[:, -1]).all()
         latent = int(indices[0])
         assert any(prompt == 6 for prompt, _, _ in codes.top_activations(latent, k=8))
         assert study.meta.saes[1]["d_sae"] == 128

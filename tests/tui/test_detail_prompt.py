@@ -73,6 +73,44 @@ async def test_detail_shows_examples_stats_lens_partners_and_sets(study_path: Pa
         assert screen.latent == 4 and shown(app, "#detail-head").startswith("Latent 4")
 
 
+async def test_detail_cycles_label_and_quantile_examples_and_searches(study_path: Path) -> None:
+    """The dashboard in the TUI: v cycles top → harmful → harmless → quantiles; / searches the
+    prompts where the latent fires; the histogram is split by label and the lens has values."""
+    from explorer.latent_dashboard import dashboard, search
+
+    with Study(study_path) as study:
+        board = dashboard(browse.StudyBrowser(study), 6, 3)
+        word = study.column("text")[int(board.top_by_label["harmful"][0].prompt)].split()[0]
+        expected_search = search(browse.StudyBrowser(study), 6, 3, word)
+    app = build_app(study_path)
+    async with app.run_test(size=SIZE) as pilot:
+        app.open_latent(3, 6)
+        await settle(pilot, app)
+        screen = app.screen
+        stats = shown(app, "#detail-stats")
+        assert "harmful  harmless" in stats  # the histogram's legend: one bar per label
+        assert "+1.03" in stats and "-1.03" in stats  # the synthetic lens values of latent 3 (1 + 3/100)
+        examples = screen.query_one("#detail-examples", ExampleList)
+        assert "v: harmful → harmless → quantiles" in shown(app, "#detail-examples-title")
+        await pilot.press("v")
+        assert shown(app, "#detail-examples-title").startswith("Top harmful")
+        assert [e.prompt for e in examples.examples] == [e.prompt for e in board.top_by_label["harmful"]]
+        await pilot.press("v")
+        assert shown(app, "#detail-examples-title").startswith("Top harmless")
+        assert {e.label for e in examples.examples} == {"harmless"} and len(examples.examples) == 5
+        await pilot.press("v")
+        assert shown(app, "#detail-examples-title").startswith(f"By activation quantile (Q1 strongest … Q4 weakest; [ranks] of {board.n_prompts}")
+        assert examples.tags[0] == "Q1 [1–{}]".format(board.buckets[0].stop) and examples.tags[-1].startswith("Q4 [")
+        assert plain(examples.render()).startswith("▶ Q1 [1–")
+        await pilot.press("slash")
+        assert isinstance(app.focused, Input) and app.focused.id == "detail-search"
+        await pilot.press(*word, "enter")
+        await settle(pilot, app)
+        assert f"containing “{word}”" in shown(app, "#detail-examples-title")
+        assert [e.prompt for e in examples.examples] == [e.prompt for e in expected_search[0]]
+        assert isinstance(app.screen, FeatureDetailScreen) and app.focused is examples
+
+
 async def test_detail_of_a_silent_latent_and_out_of_range_ids(study_path: Path) -> None:
     app = build_app(study_path)
     notes: list[str] = []

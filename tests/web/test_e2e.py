@@ -61,12 +61,16 @@ def test_overview_and_feature_explorer(page: Page) -> None:
     row = ids.index("42")
     cell(page, "feature-table", row).click()
     expect(page.locator("#feature-head")).to_contain_text("Latent 42 · layer 6")
-    examples = page.locator("#feature-examples .re-example")
-    expect(examples).to_have_count(10)
-    expect(examples.first).to_contain_text("harmful")
+    expect(page.locator("#feature-examples .re-col[data-label='harmful'] .re-example")).to_have_count(5)
+    expect(page.locator("#feature-examples .re-col[data-label='harmless'] .re-example").first).to_contain_text("harmless")
+    expect(page.locator("#feature-examples .re-bucket")).to_have_count(4)
     expect(page.locator("#feature-examples .re-tok").first).to_be_visible()
     expect(page.locator("#feature-lens")).to_contain_text("In minimal sets")
     expect(page.locator("#feature-histogram .js-plotly-plot")).to_be_visible()
+    expect(page.locator("#feature-lens")).to_contain_text("+1.420")  # the logit lens with its values
+    page.locator("#feature-text-query textarea, #feature-text-query input").first.fill("zzz-not-a-word")
+    page.locator("#feature-text-search").click()
+    expect(page.locator("#feature-text-found")).to_contain_text("No prompt where latent 42 fires")
 
     page.get_by_role("button", name="Export matching rows (CSV)").click()
     link = page.locator("#feature-csv a[href*='.csv']").first

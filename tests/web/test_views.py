@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import numpy as np
 import pandas as pd
@@ -75,10 +76,16 @@ def test_feature_csv_has_every_matching_row(ctx: WebContext) -> None:
 def test_feature_view_of_a_planted_latent(ctx: WebContext) -> None:
     head, examples, figure, lens, partners = views.feature_view(ctx, None, PLANTED[0])
     assert head.startswith(f"### Latent {PLANTED[0]} · layer 6") and "cosine" in head
-    assert examples.count('class="re-example"') == 10 and "harmful" in examples
+    harmful_column = examples.split('<div class="re-col" data-label="harmful">')[1].split('<div class="re-col"')[0]
+    harmless_column = examples.split('<div class="re-col" data-label="harmless">')[1].split("<h3>")[0]
+    assert harmful_column.count('class="re-example"') == 5 and 'data-label="harmless"' not in harmful_column
+    assert harmless_column.count('data-label="harmless"') == 5 and "Top harmless" in harmless_column
+    assert examples.count('class="re-bucket"') == 4 and "Quantile 4 of 4: prompts ranked" in examples
     assert "&lt;|im_end|&gt;" in examples  # peaks on the template tokens, markup escaped
-    assert figure is not None and sum(figure.data[0].y) > 0
-    assert "Logit lens, promoted" in lens and "In minimal sets" in lens
+    assert [trace.name for trace in figure.data] == ["harmful", "harmless"] and figure.layout.barmode == "stack"
+    assert sum(figure.data[0].y) > sum(figure.data[1].y) > 0
+    assert "| promoted | logit | suppressed | logit |" in lens and f"| {1 + PLANTED[0] / 100:+.3f} |" in lens
+    assert "In minimal sets" in lens
     assert len(partners) > 0 and set(partners.columns) == {"partner", "interaction"}
 
 
@@ -244,3 +251,20 @@ def test_dormant_card_ties_a_row_to_its_prompt_and_set(ctx: WebContext) -> None:
     text, latent, _ = analyses.dormant_card(ctx, frame.iloc[0].tolist())
     assert latent == DORMANT[0] and "dormant backup" in text and "Clamped to its woken value" in text
     assert analyses.dormant_card(ctx, [12345, 6, 0, "set 0"])[0].startswith("⚠️ latent 12345 is not in the dormant table")
+
+
+def test_text_search_over_the_prompts_where_a_latent_fires(ctx: WebContext) -> None:
+    from refusal_web.dashboard import search_prompts
+
+    texts = ctx.study.column("text")
+    word = texts[0].split()[0]
+    found = search_prompts(ctx, None, PLANTED[0], word)
+    from explorer.latent_dashboard import firing
+
+    fired_on = set(firing(ctx.details, 6, PLANTED[0]).prompts.tolist())
+    assert set(range(0, len(texts), 2)) <= fired_on  # the planted latent fires on every harmful prompt
+    expected = sorted(p for p in fired_on if word in texts[p])
+    assert f"{len(expected)} prompts where latent {PLANTED[0]} fires containing" in found
+    assert sorted(int(x) for x in re.findall(r'data-prompt="(\d+)"', found)) == expected[:20]
+    assert "No prompt where latent" in search_prompts(ctx, None, PLANTED[0], "zzz no such text")
+    assert "out of range" in search_prompts(ctx, None, 4096, "a")
