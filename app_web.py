@@ -26,8 +26,10 @@ from explorer.cli.output import one_line_errors
 from explorer.cli.shell import CONTEXT, run_standalone
 from refusal_web import analyses, dashboard, plots, prompts, views
 from refusal_web.context import WebContext, make_context
-from refusal_web.links import Target, open_in
-from refusal_web.live import MODES, LiveLimits, LiveModel, live_generate, open_live_model
+from refusal_web import steering
+from refusal_web.links import Send, Target, open_in
+from refusal_web.live import LiveLimits, LiveModel, open_live_model
+from refusal_web.live_tab import live_tab
 from refusal_web.evaluation import evaluation_tab
 from refusal_web.paper2 import paper2_tabs
 from refusal_web.render import CSS
@@ -54,7 +56,7 @@ def _colour_by_clicked_latent(event: gr.SelectData) -> tuple[Any, str]:
     return (event.row_value[0], "latent") if event.row_value else (gr.skip(), gr.skip())
 
 
-def _features_tab(ctx: WebContext) -> Target:
+def _features_tab(ctx: WebContext, sends: list[Send] | None) -> Target:
     layer = ctx.layer
     sort = "cosine" if ctx.candidates is not None else "freq_diff"
     page, status, _ = views.feature_page(ctx, layer, "", sort, True, 1)
@@ -74,6 +76,7 @@ def _features_tab(ctx: WebContext) -> Target:
     with gr.Row():
         latent = gr.Number(value=first, label="Latent", precision=0, minimum=0, elem_id="feature-latent")
         show = gr.Button("Show latent", elem_id="feature-show")
+        to_live = gr.Button("Send to Live", elem_id="feature-to-live", visible=sends is not None)
         export = gr.Button("Export matching rows (CSV)")
         export_file = gr.File(label="CSV", interactive=False, height=90, elem_id="feature-csv")
     head = gr.Markdown(detail[0], elem_id="feature-head")
@@ -102,10 +105,12 @@ def _features_tab(ctx: WebContext) -> Target:
     export.click(partial(views.feature_csv, ctx), search_inputs, export_file)
     for trigger in (text_query.submit, text_search.click):
         trigger(partial(dashboard.search_prompts, ctx), [layers, latent, text_query], found)
+    if sends is not None:
+        sends.append((to_live.click, steering.latent_to_live, [layers, latent]))
     return Target("features", {"layer": layers, "latent": latent}, partial(views.feature_view, ctx), [layers, latent], detail_outputs)
 
 
-def _prompts_tab(ctx: WebContext) -> Target:
+def _prompts_tab(ctx: WebContext, sends: list[Send] | None) -> Target:
     page, status, _ = prompts.prompt_page(ctx, "", "all", 1)
     labels = ["all", *sorted(set(ctx.study.labels.tolist()))]
     colour_modes = list(prompts.COLOUR_MODES) if ctx.candidates is not None else ["latent"]
@@ -128,6 +133,7 @@ def _prompts_tab(ctx: WebContext) -> Target:
         colour = gr.Radio(colour_modes, value="latent", label="Colour tokens by")
         latent = gr.Number(value=start_latent, label="Latent", precision=0, minimum=0, elem_id="prompt-latent")
         show = gr.Button("Show prompt", elem_id="prompt-show")
+        to_live = gr.Button("Send to Live", elem_id="prompt-to-live", visible=sends is not None)
     tokens = gr.HighlightedText(shown[0], label="Tokens", show_legend=False, elem_id="prompt-tokens")
     with gr.Row():
         with gr.Column(scale=3):
@@ -148,10 +154,12 @@ def _prompts_tab(ctx: WebContext) -> Target:
         trigger(explore, view_inputs, view_outputs)
     table.select(_first_cell, None, index).then(explore, view_inputs, view_outputs)
     top.select(_colour_by_clicked_latent, None, [latent, colour]).then(explore, view_inputs, view_outputs)
+    if sends is not None:
+        sends.append((to_live.click, partial(steering.prompt_to_live, ctx), [index]))
     return Target("prompts", {"prompt": index, "layer": layers, "latent": latent, "colour": colour}, explore, view_inputs, view_outputs)
 
 
-def _sets_tab(ctx: WebContext) -> None:
+def _sets_tab(ctx: WebContext, sends: list[Send] | None) -> None:
     text, frame = analyses.minimal_sets(ctx)
     first = analyses.first_flipping_set(ctx) or 0  # open on a set that flips
     figure, steps, about = analyses.trajectory(ctx, first) if ctx.greedy is not None else (None, None, "")
@@ -160,7 +168,8 @@ def _sets_tab(ctx: WebContext) -> None:
         return
     sets = gr.Dataframe(frame, interactive=False, label="Minimal sets (click a row)", max_height=300)
     with gr.Row():
-        chosen = gr.Number(value=first, label="Set", precision=0, minimum=0)
+        chosen = gr.Number(value=first, label="Set", precision=0, minimum=0, elem_id="sets-chosen")
+        to_live = gr.Button("Send to Live", elem_id="sets-to-live", visible=sends is not None)
         export = gr.Button("Export sets (CSV)")
         export_steps = gr.Button("Export trajectory (CSV)")
         export_file = gr.File(label="CSV", interactive=False, height=90)
@@ -172,6 +181,8 @@ def _sets_tab(ctx: WebContext) -> None:
     sets.select(_row_index, None, chosen).then(partial(analyses.trajectory, ctx), chosen, outputs)
     export.click(partial(views.write_csv, ctx, "minimal-sets"), sets, export_file)
     export_steps.click(partial(views.write_csv, ctx, "trajectory"), steps_table, export_file)
+    if sends is not None:
+        sends.append((to_live.click, partial(steering.set_to_live, ctx), [chosen]))
 
 
 def _fm_tab(ctx: WebContext) -> None:
@@ -223,30 +234,6 @@ def _dormant_tab(ctx: WebContext, tabs: gr.Tabs, features: Target | None, prompt
     export.click(partial(views.write_csv, ctx, "dormant"), table, export_file)
 
 
-def _live_tab(ctx: WebContext, model: LiveModel, limits: LiveLimits) -> None:
-    gr.Markdown(f"Type a prompt, choose latents to edit (or project out the refusal direction), and compare "
-                f"the baseline with the edited model. Prompts up to {limits.max_prompt_chars} characters; "
-                f"requests are queued and served one at a time.")
-    prompt = gr.Textbox(label="Prompt", lines=3, max_length=limits.max_prompt_chars, elem_id="live-prompt")
-    with gr.Row():
-        layer = gr.Dropdown(list(ctx.layers), value=ctx.layer, label="Layer")
-        latents = gr.Textbox(label="Latent ids", placeholder="e.g. 3, 17, 42", elem_id="live-latents")
-        mode = gr.Radio(list(MODES), value="ablate", label="Edit", elem_id="live-mode")
-        value = gr.Number(value=0.0, label="Value (scale factor / clamp level)", elem_id="live-value")
-    with gr.Row():
-        direction = gr.Checkbox(value=False, label="Also project out the refusal direction",
-                                interactive=ctx.direction is not None)
-        tokens = gr.Slider(1, limits.max_new_tokens, value=min(32, limits.max_new_tokens), step=1, label="New tokens")
-        generate = gr.Button("Generate", variant="primary", elem_id="live-go")
-    status = gr.Markdown(elem_id="live-status")
-    with gr.Row():
-        baseline = gr.Textbox(label="Baseline", lines=8, interactive=False, elem_id="live-baseline")
-        edited = gr.Textbox(label="Edited", lines=8, interactive=False, elem_id="live-edited")
-    generate.click(partial(live_generate, model, ctx.study, limits, ctx.run),
-             [prompt, layer, latents, mode, value, direction, tokens], [baseline, edited, status],
-             concurrency_limit=1, concurrency_id="live-model", api_name="generate")
-
-
 def build_app(study: Study, live_model: LiveModel | None = None, *, run: str = "default",
               limits: LiveLimits | None = None) -> gr.Blocks:
     """The web app for an open study (queued; launch it with ``launch_options``)."""
@@ -256,6 +243,7 @@ def build_app(study: Study, live_model: LiveModel | None = None, *, run: str = "
     with gr.Blocks(title=f"Refusal Explorer · {study.path.name}", analytics_enabled=False) as demo:
         gr.Markdown(f"# Refusal Explorer · {study.meta.model_id} · `{study.path.name}`")
         features = prompt_target = None
+        sends: list[Send] | None = [] if live_model is not None else None  # "send to Live" buttons, wired below
         with gr.Tabs() as tabs:
             with gr.Tab("Overview", id="overview"):
                 gr.Markdown(overview_text + ("" if live_model else "\n\n*Live panel off: serve with `--live`.*"),
@@ -264,16 +252,16 @@ def build_app(study: Study, live_model: LiveModel | None = None, *, run: str = "
                     gr.Plot(direction_plot, label="Direction candidates (camera icon: PNG)")
             with gr.Tab("Features", id="features"):
                 if ctx.layers:
-                    features = _features_tab(ctx)
+                    features = _features_tab(ctx, sends)
                 else:
                     gr.Markdown("*This study has no SAE codes: cache them with `refusal-explorer cache --sae LAYER=…`.*")
             with gr.Tab("Prompts", id="prompts"):
                 if ctx.layers:
-                    prompt_target = _prompts_tab(ctx)
+                    prompt_target = _prompts_tab(ctx, sends)
                 else:
                     gr.Markdown("*This study has no SAE codes: cache them with `refusal-explorer cache --sae LAYER=…`.*")
             with gr.Tab("Minimal sets", id="sets"):
-                _sets_tab(ctx)
+                _sets_tab(ctx, sends)
             with gr.Tab("Interactions", id="fm"):
                 _fm_tab(ctx)
             with gr.Tab("Dormant latents", id="dormant"):
@@ -282,7 +270,9 @@ def build_app(study: Study, live_model: LiveModel | None = None, *, run: str = "
             evaluation_tab(ctx)  # refusal_web/evaluation.py
             if live_model is not None:
                 with gr.Tab("Live", id="live"):
-                    _live_tab(ctx, live_model, limits or LiveLimits())
+                    live = live_tab(ctx, live_model, limits or LiveLimits())
+                for trigger, values, inputs in sends or []:
+                    open_in(tabs, trigger, live, values, inputs)
     demo.queue(default_concurrency_limit=BROWSE_CONCURRENCY, max_size=64)
     return demo
 

@@ -15,6 +15,10 @@ from typing import Any
 import gradio as gr
 
 
+Send = tuple[Callable[..., Any], Callable[..., "dict[str, Any] | None"], list[Any]]
+"""A button's event (e.g. ``button.click``), what it fills, and that function's input components."""
+
+
 @dataclass
 class Target:
     """A tab other tabs can open something in: the fields they fill, and what shows it."""
@@ -42,3 +46,4 @@ def open_in(tabs: gr.Tabs, trigger: Callable[..., Any], target: Target, values: 
     event = trigger(fill, list(inputs), [*target.fields.values(), tabs])
     if target.show is not None:
         event.then(target.show, target.inputs, target.outputs)
+

@@ -49,29 +49,49 @@ class LiveLimits:
     """Most latent ids in one edit."""
     max_abs_value: float = 1e4
     """Largest |value| for scale/clamp, to keep activations finite."""
+    max_sweep_points: int = 21
+    """Most values in one strength sweep (one forward each)."""
 
     def __post_init__(self) -> None:
-        if self.max_prompt_chars < 1 or self.max_new_tokens < 1 or self.max_latents < 1:
-            raise InputError("live limits must be positive (--max-prompt-chars, --max-new-tokens)")
+        if self.max_prompt_chars < 1 or self.max_new_tokens < 1 or self.max_latents < 1 or self.max_sweep_points < 2:
+            raise InputError("live limits must be positive (--max-prompt-chars, --max-new-tokens), --max-sweep-points ≥ 2")
         if not self.max_abs_value > 0:
             raise InputError("max_abs_value must be positive")
 
 
-def parse_latents(text: str, d_sae: int, limit: int) -> list[int]:
-    """Latent ids from "3, 17 42" (commas and/or spaces); duplicates dropped, order kept."""
+def parse_latent_values(text: str, d_sae: int, limit: int) -> list[tuple[int, float | None]]:
+    """(latent, own value or None) from "3, 17=5 42=-2.5" (commas and/or spaces; ``id=value``
+    gives that latent its own scale factor or clamp level); a repeated id keeps its last value."""
     terms = [term for term in re.split(r"[\s,;]+", text.strip()) if term]
-    latents: list[int] = []
+    chosen: dict[int, float | None] = {}
     for term in terms:
-        if not re.fullmatch(r"\d+", term):
-            raise InputError(f"invalid latent id {term!r}: use whole numbers separated by commas or spaces")
-        latent = int(term)
+        match = re.fullmatch(r"(\d+)(?:=([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?))?", term)
+        if match is None:
+            raise InputError(f"invalid latent id {term!r}: use whole numbers (or id=value) separated by commas or spaces")
+        latent = int(match.group(1))
         if latent >= d_sae:
             raise InputError(f"latent {latent} is out of range: this SAE has latents 0–{d_sae - 1}")
-        if latent not in latents:
-            latents.append(latent)
-    if len(latents) > limit:
-        raise InputError(f"too many latents ({len(latents)}); at most {limit} per request")
-    return latents
+        value = float(match.group(2)) if match.group(2) is not None else None
+        chosen[latent] = value if value is not None else chosen.get(latent)
+    if len(chosen) > limit:
+        raise InputError(f"too many latents ({len(chosen)}); at most {limit} per request")
+    return list(chosen.items())
+
+
+def parse_latents(text: str, d_sae: int, limit: int) -> list[int]:
+    """Latent ids from "3, 17 42" (commas and/or spaces); duplicates dropped, order kept."""
+    pairs = parse_latent_values(text, d_sae, limit)
+    with_value = [f"{latent}={value:g}" for latent, value in pairs if value is not None]
+    if with_value:
+        raise InputError(f"invalid latent id {with_value[0]!r}: only ids here")
+    return [latent for latent, _ in pairs]
+
+
+def _checked_value(mode: str, value: float | None, limits: LiveLimits, latent: int | None = None) -> float:
+    where = "" if latent is None else f" (latent {latent})"
+    if value is None or not math.isfinite(float(value)) or abs(float(value)) > limits.max_abs_value:
+        raise InputError(f"{mode} needs a finite value with |value| ≤ {limits.max_abs_value:g}{where}")
+    return float(value)
 
 
 def build_edits(
@@ -86,12 +106,20 @@ def build_edits(
         if layer is None or layer not in study.meta.layers or not study.has_codes(int(layer)):
             raise InputError(f"choose a layer with an SAE (this study has layers {list(study.meta.layers)})")
         layer = int(layer)
-        latents = parse_latents(latents_text, study.codes(layer).d_sae, limits.max_latents)
-        if mode == "ablate":
-            value = 0.0
-        elif value is None or not math.isfinite(float(value)) or abs(float(value)) > limits.max_abs_value:
-            raise InputError(f"{mode} needs a finite value with |value| ≤ {limits.max_abs_value:g}")
-        edits.append({"layer": layer, "latents": latents, "mode": mode, "value": float(value)})
+        pairs = parse_latent_values(latents_text, study.codes(layer).d_sae, limits.max_latents)
+        own = [latent for latent, own_value in pairs if own_value is not None]
+        if mode == "ablate" and own:
+            raise InputError(f"ablate sets latents to 0: drop the value of latent {own[0]} or choose scale or clamp")
+        # one edit per distinct value, in the order the ids were typed (edits of one layer compose)
+        groups: dict[float, list[int]] = {}
+        for latent, own_value in pairs:
+            if mode == "ablate":
+                chosen = 0.0
+            else:
+                chosen = _checked_value(mode, own_value if own_value is not None else value, limits,
+                                        latent if own_value is not None else None)
+            groups.setdefault(chosen, []).append(latent)
+        edits += [{"layer": layer, "latents": ids, "mode": mode, "value": v} for v, ids in groups.items()]
     if direction:
         if "direction" not in stage_names(study.file, run):
             raise InputError("this study has no refusal direction yet; run `refusal-explorer analyze direction`")

@@ -66,7 +66,7 @@ def test_main_rejects_unknown_run_port_and_live(study_path: Path, capsys: pytest
 
 def test_callbacks_do_not_need_gradio() -> None:
     """The callbacks are plain functions: importing them pulls in neither gradio nor a study."""
-    code = ("import sys, refusal_web.views, refusal_web.prompts, refusal_web.analyses, refusal_web.live; "
+    code = ("import sys, refusal_web.views, refusal_web.prompts, refusal_web.analyses, refusal_web.live, refusal_web.steering; "
             "print('gradio' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert result.stdout.strip() == "False"

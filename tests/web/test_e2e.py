@@ -129,3 +129,22 @@ def test_dormant_row_opens_its_card_latent_and_prompt(page: Page) -> None:
     page.locator("#dormant-open-prompt").click()
     expect(page.locator("#prompt-facts")).to_contain_text("Prompt 0 · harmful")
     expect(page.locator("#prompt-facts")).to_contain_text("latent 77")
+
+
+def test_send_to_live_and_the_strength_sweep(page: Page) -> None:
+    page.get_by_role("tab", name="Minimal sets").click()
+    page.locator("#sets-to-live").click()
+    latents = page.locator("#live-latents textarea, #live-latents input").first
+    expect(latents).to_have_value("3, 17, 42")  # set 0 of the synthetic study, ablated
+    expect(page.locator("#live-prompt textarea")).not_to_have_value("")
+    page.get_by_role("tab", name="Features").click()
+    page.locator("#feature-latent input").fill("101")
+    page.locator("#feature-to-live").click()
+    expect(latents).to_have_value("101")
+    page.get_by_text("Strength sweep").click()
+    page.locator("#live-sweep").click()
+    expect(page.locator("#live-sweep-status")).to_contain_text("choose scale or clamp")  # the mode was ablate
+    page.get_by_role("radio", name="clamp").check()
+    page.locator("#live-sweep").click()
+    expect(page.locator("#live-sweep-status")).to_contain_text("The decision flips at clamp 0, 1, 2")
+    expect(page.locator("#live-sweep-plot .js-plotly-plot")).to_be_visible()
