@@ -7,10 +7,11 @@ Three stages, each cheap to rerun or resume:
    installed Python packages read with ``ast`` (nothing is imported or executed), some of them
    wrapped as chat turns so the template tokens appear in many contexts. Chunks hold at most
    ``context`` tokens; a sha256 over the token ids identifies the corpus.
-2. **Activations**: one forward pass per batch that stops after the last requested layer,
-   every real (non-padding) token stored as float16 in an HDF5 file keyed by the corpus and
-   model (a file holding more layers serves any subset); a killed run continues where it
-   stopped.
+2. **Activations** (``cache.activation_cache``): one forward pass per batch that stops after
+   the last requested layer, every real (non-padding) token stored as float16 in an HDF5 file
+   per model and layers, keyed by segment: tokens accumulate across runs, every training
+   reuses the segments already there, a killed or time-boxed (``--capture-seconds``) capture
+   continues where it stopped, and a training runs on whatever has been captured.
 3. **Training** through sae-lens's ``SAETrainer`` fed from that file (TopK, aux-k loss for dead
    latents), then held-out metrics and sae-lens's on-disk format with float16 weights.
    Massive-norm tokens (each sequence's first token, ~100x the median norm, and a few chat
@@ -29,25 +30,22 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from cache.adapters import n_layers
-from cache.forward import pad_left, pad_token_id
-from cache.hooks import capture_resid
+from cache.activation_cache import collect_activations, default_cache_path, read_layer
 from cache.models import LoadedModel, load_model
 from cache.prompts import Prompt, demo_prompts, load_prompts, split_prompts
 from cache.pipeline import package_versions
 from cache.sae_corpus import Segment, build_corpus, corpus_digest, corpus_stats, doc_sources
 from store.errors import InputError
 
-ACTIVATIONS_FORMAT = 1
 HOOK_NAME = "blocks.{layer}.hook_resid_post"
 #: A held-out token whose residual norm exceeds this multiple of the median counts as a
 #: massive activation (attention-sink first tokens, some template tokens) in the metrics.
@@ -101,8 +99,8 @@ class TrainSAEConfig:
     lr: float = 3e-3
     """Adam learning rate (constant after a short warm-up, decayed over the last fifth); high
     because these runs are short (hundreds of steps): 3e-3 beat 1e-3 on the default model."""
-    batch_size: int = 1024
-    """Training batch in tokens."""
+    batch_size: int | None = None
+    """Training batch in tokens; None = 1024 on a CPU, 4096 on a GPU."""
     dead_window_tokens: int = 50_000
     """A latent silent for this many training tokens counts as dead for the aux-k loss."""
     aux_k_coefficient: float = 1.0
@@ -112,8 +110,8 @@ class TrainSAEConfig:
     tokens, 10-100x the median norm, which would otherwise dominate the MSE and starve the
     other latents): 'rescale' them to the median norm (their directions are learnt, and TopK
     codes grow with the input, so they still reconstruct), 'drop' them, or 'keep' them."""
-    forward_batch_size: int = 8
-    """Sequences per model forward pass."""
+    forward_batch_size: int | None = None
+    """Sequences per model forward pass; None = 8 on a CPU, 128 on a GPU."""
     seed: int = 0
     """Seeds the corpus order, the held-out split, the initialisation and the batch order."""
     device: str = "auto"
@@ -121,8 +119,15 @@ class TrainSAEConfig:
     dtype: str = "auto"
     """Model dtype: auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16."""
     activations: Path | None = None
-    """The activation cache file; None = one per corpus under the project's cache dir
-    (``~/.cache/refusal-explorer/activations``), so a rerun continues or reuses it."""
+    """The activation cache file; None = the project's one for this model and layers (under
+    ``~/.cache/refusal-explorer/activations``). Rows are kept per segment, so tokens
+    accumulate across runs and every training reuses what is there (cache.activation_cache)."""
+    capture_seconds: float | None = None
+    """Stop the activation capture after about this many seconds and train on what the cache
+    holds; the next run continues the capture (for a machine where a long run is interrupted)."""
+    post_instruction_weight: int = 1
+    """Each post-instruction token of a chat-formatted segment (where refusal is decided) enters
+    the training set this many times."""
     overwrite: bool = False
     """Replace SAEs already in ``out``."""
     quality: bool = True
@@ -146,20 +151,23 @@ class TrainSAEConfig:
             raise InputError("--chat-fraction must be in [0, 1] and --holdout-fraction in (0, 1)")
         if self.d_sae < 1 or not 1 <= self.k <= self.d_sae:
             raise InputError(f"need --d-sae ≥ 1 and 1 ≤ --k ≤ --d-sae (got d_sae={self.d_sae}, k={self.k})")
-        if not self.epochs > 0 or not self.lr > 0 or self.batch_size < 1 or self.forward_batch_size < 1:
+        if not self.epochs > 0 or not self.lr > 0 or (self.batch_size or 1) < 1 or (self.forward_batch_size or 1) < 1:
             raise InputError("--epochs and --lr must be > 0, --batch-size and --forward-batch-size ≥ 1")
         if self.massive_tokens not in MASSIVE_POLICIES:
             raise InputError(f"--massive-tokens must be one of {', '.join(MASSIVE_POLICIES)}, not {self.massive_tokens!r}")
+        if self.capture_seconds is not None and not self.capture_seconds > 0:
+            raise InputError("--capture-seconds must be > 0")
+        if self.post_instruction_weight < 1:
+            raise InputError("--post-instruction-weight must be ≥ 1")
         if self.dead_window_tokens < 1 or self.aux_k_coefficient < 0:
             raise InputError("--dead-window must be ≥ 1 token and the aux-k coefficient ≥ 0")
 
-    def activation_path(self, digest: str) -> Path:
-        """Where the activations of the corpus with sha256 ``digest`` are cached."""
-        if self.activations is not None:
-            return Path(self.activations)
-        from cache.default_model import cache_home
-
-        return cache_home() / "activations" / f"corpus-{digest[:16]}.h5"
+    def for_device(self, device: torch.device) -> TrainSAEConfig:
+        """The config with its batch sizes filled in for ``device`` (a GPU wants big batches:
+        the model and the SAE are tiny next to its memory)."""
+        gpu = torch.device(device).type == "cuda"
+        return replace(self, batch_size=self.batch_size or (4096 if gpu else 1024),
+                       forward_batch_size=self.forward_batch_size or (128 if gpu else 8))
 
     def layer_dir(self, layer: int) -> Path:
         return Path(self.out) / f"layer_{layer}"
@@ -170,101 +178,13 @@ class TrainSAEConfig:
 # --------------------------------------------------------------------------------------------
 
 
-def _cache_key(loaded: LoadedModel, digest: str, dtype: torch.dtype) -> str:
-    return json.dumps({"format": ACTIVATIONS_FORMAT, "model": loaded.model_id, "revision": loaded.revision,
-                       "corpus": digest, "dtype": str(dtype)}, sort_keys=True)
+def activation_cache_path(config: TrainSAEConfig, loaded: LoadedModel) -> Path:
+    """``--activations``, else the project's cache file for this model that holds the layers."""
+    if config.activations is not None:
+        return Path(config.activations)
+    from cache.default_model import cache_home
 
-
-@torch.no_grad()
-def collect_activations(
-    loaded: LoadedModel, segments: Sequence[Segment], layers: Sequence[int], path: Path, *, digest: str,
-    batch_size: int = 8, progress: bool = True,
-) -> dict[str, float]:
-    """Write the residuals of every real token of ``segments`` at ``layers`` to ``path``.
-
-    Rows are in processing order (segments sorted by length, to waste little on padding) with
-    ``segment`` and ``position`` columns. An existing cache of the same corpus and model is
-    continued (or reused as is) when it holds all of ``layers``, and rebuilt otherwise. The committed row count is written after the data, so
-    a killed run resumes at the last whole batch. Returns timing stats.
-    """
-    model, tokenizer = loaded.model, loaded.tokenizer
-    d_model = int(model.config.hidden_size)
-    key = _cache_key(loaded, digest, next(model.parameters()).dtype)
-    order = sorted(range(len(segments)), key=lambda i: (len(segments[i].token_ids), i))
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = "a" if path.exists() else "w"
-    with h5py.File(path, mode) as f:
-        stored = [int(x) for x in f.attrs.get("layers", [])]
-        # a cache of the same corpus that holds more layers serves a subset of them
-        reuse = f.attrs.get("key") == key and set(layers) <= set(stored)
-        wanted = stored if reuse else sorted(set(layers))
-        if not reuse:
-            for name in list(f.keys()):
-                del f[name]
-            f.attrs["key"] = key
-            f.attrs["layers"] = wanted
-            f.attrs["forward_seconds"] = 0.0
-            f.attrs["batches_done"] = 0
-            f.attrs["rows"] = 0
-            for layer in wanted:
-                f.create_dataset(f"layer_{layer}", (0, d_model), maxshape=(None, d_model), dtype="f2",
-                                 chunks=(min(1024, max(1, 4096 * 64 // d_model)), d_model))
-            for name in ("segment", "position"):
-                f.create_dataset(name, (0,), maxshape=(None,), dtype="i4", chunks=(4096,))
-        done, rows = int(f.attrs["batches_done"]), int(f.attrs["rows"])
-        for name in [f"layer_{layer}" for layer in wanted] + ["segment", "position"]:
-            f[name].resize(rows, axis=0)  # drop a half-written batch
-        pad_id = pad_token_id(tokenizer)
-        started = time.perf_counter()
-        total_tokens = sum(len(s.token_ids) for s in segments)
-        done_tokens = sum(len(segments[i].token_ids) for batch in batches[:done] for i in batch)
-        with tqdm(total=total_tokens, initial=done_tokens, unit="tok", unit_scale=True, desc="activations",
-                  disable=not progress) as bar:
-            for batch in batches[done:]:
-                ids = [list(segments[i].token_ids) for i in batch]
-                inputs = pad_left(ids, pad_id, model.device)
-                with capture_resid(model, wanted, stop=True) as captured:
-                    model(**inputs, use_cache=False)
-                width = inputs["input_ids"].shape[1]
-                mask = inputs["attention_mask"].bool()  # [batch, width]; left padding
-                n = int(mask.sum())
-                for layer in wanted:
-                    hidden = captured[layer][0]  # [batch, width, d_model]
-                    ds = f[f"layer_{layer}"]
-                    ds.resize(rows + n, axis=0)
-                    ds[rows:] = hidden[mask].float().cpu().numpy().astype(np.float16)
-                seg_col = np.concatenate([np.full(len(x), i, np.int32) for i, x in zip(batch, ids)])
-                pos_col = np.concatenate([np.arange(len(x), dtype=np.int32) for x in ids])
-                assert len(seg_col) == n and width >= max(len(x) for x in ids)
-                for name, column in (("segment", seg_col), ("position", pos_col)):
-                    f[name].resize(rows + n, axis=0)
-                    f[name][rows:] = column
-                rows += n
-                done += 1
-                f.attrs["rows"] = rows
-                f.attrs["batches_done"] = done
-                # wall time of every run that added rows, so a resumed cache reports its total
-                f.attrs["forward_seconds"] = float(f.attrs.get("forward_seconds", 0.0)) + time.perf_counter() - started
-                started = time.perf_counter()
-                f.flush()
-                bar.update(n)
-        seconds = float(f.attrs.get("forward_seconds", 0.0))
-    return {"layers_in_cache": list(wanted), "forward_seconds": round(seconds, 2), "forward_tokens": rows,
-            "forward_tokens_per_second": round(rows / seconds, 1) if rows and seconds > 0 else None}
-
-
-def _read_layer(path: Path, layer: int, segments: Sequence[Segment]) -> dict[str, np.ndarray]:
-    with h5py.File(path, "r") as f:
-        acts = f[f"layer_{layer}"][:]  # [rows, d_model] float16
-        segment, position = f["segment"][:], f["position"][:]
-    holdout = np.array([s.holdout for s in segments], bool)[segment]
-    n_post = np.array([s.n_post for s in segments], np.int32)[segment]
-    length = np.array([len(s.token_ids) for s in segments], np.int32)[segment]
-    n_pre = np.array([s.n_pre for s in segments], np.int32)[segment]
-    return {"acts": acts, "holdout": holdout, "position": position,
-            "post_instruction": (n_post > 0) & (position >= length - n_post),
-            "instruction": (n_post > 0) & (position >= n_pre) & (position < length - n_post)}
+    return default_cache_path(cache_home() / "activations", loaded, config.layers)
 
 
 # --------------------------------------------------------------------------------------------
@@ -272,15 +192,20 @@ def _read_layer(path: Path, layer: int, segments: Sequence[Segment]) -> dict[str
 # --------------------------------------------------------------------------------------------
 
 
-def training_rows(data: dict[str, np.ndarray], policy: str) -> tuple[torch.Tensor, int]:
+def training_rows(data: dict[str, np.ndarray], policy: str, post_instruction_weight: int = 1) -> tuple[torch.Tensor, int]:
     """The training tokens [n, d] (float16) with massive-norm ones treated per ``policy``, and
     how many were massive (the first token of a sequence, or norm > OUTLIER_NORM_FACTOR x the
-    median)."""
-    keep = ~data["holdout"]
-    acts = torch.from_numpy(data["acts"][keep])  # [n_train, d] float16
+    median). Post-instruction tokens appear ``post_instruction_weight`` times."""
+    train = np.flatnonzero(~data["holdout"])
+    if post_instruction_weight > 1:
+        post = train[data["post_instruction"][train]]
+        train = np.sort(np.concatenate([train, np.repeat(post, post_instruction_weight - 1)]))
+    if not len(train):
+        raise InputError("no training tokens are cached yet; give the capture more time (--capture-seconds)")
+    acts = torch.from_numpy(data["acts"][train])  # [n_train, d] float16
     norms = torch.cat([chunk.float().norm(dim=-1) for chunk in acts.split(16384)])
     median = norms.median()
-    massive = (norms > OUTLIER_NORM_FACTOR * median) | torch.from_numpy(data["position"][keep] == 0)
+    massive = (norms > OUTLIER_NORM_FACTOR * median) | torch.from_numpy(data["position"][train] == 0)
     if policy == "drop":
         acts = acts[~massive]
     elif policy == "rescale":
@@ -297,7 +222,7 @@ def _batches(acts: torch.Tensor, batch_size: int, seed: int) -> Iterator[torch.T
     while True:
         order = torch.randperm(n, generator=generator)
         for start in range(0, n - step + 1, step):
-            yield acts[order[start : start + step]].float()
+            yield acts[order[start : start + step].to(acts.device)].float()
 
 
 def _train_one(config: TrainSAEConfig, layer: int, train: torch.Tensor, model_id: str, device: torch.device,
@@ -328,10 +253,13 @@ def _train_one(config: TrainSAEConfig, layer: int, train: torch.Tensor, model_id
         feature_sampling_window=10 * steps + 1,  # only a wandb logging window here
         n_checkpoints=0, checkpoint_path=None, save_final_checkpoint=False,
     )
+    if device.type == "cuda":
+        train = train.to(device)  # shuffled batches are gathered on the GPU, not copied per step
     trainer = SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=_batches(train, config.batch_size, config.seed + layer))
     # Scale and decoder bias from the data itself rather than from a few trainer batches: the
     # bias starts at the mean activation (in the scaled space the trainer works in).
-    sample = train[torch.randperm(train.shape[0], generator=torch.Generator().manual_seed(config.seed))[:20_000]].float()
+    pick = torch.randperm(train.shape[0], generator=torch.Generator().manual_seed(config.seed))[:20_000]
+    sample = train[pick.to(train.device)].float()
     scale = math.sqrt(d_in) / float(sample.norm(dim=-1).mean())
     trainer.activation_scaler.scaling_factor = scale
     with torch.no_grad():
@@ -467,6 +395,7 @@ def train_saes(
     _check_outputs(config)
     prompts = _prompts(config)
     loaded = loaded or load_model(config.model, device=config.device, dtype=config.dtype)
+    config = config.for_device(loaded.model.device)
     depth = n_layers(loaded.model)
     bad = [layer for layer in config.layers if layer >= depth]
     if bad:
@@ -478,9 +407,9 @@ def train_saes(
     stats = {**corpus_stats(segments), "doc_sources": doc_sources(config.doc_packages)}
     if stats["holdout_tokens"] < 2:
         raise InputError("the held-out prompts have fewer than 2 tokens; give more prompts or a larger --holdout-fraction")
-    activation_path = config.activation_path(digest)
-    forward = collect_activations(loaded, segments, config.layers, activation_path, digest=digest,
-                                  batch_size=config.forward_batch_size, progress=progress)
+    activation_path = activation_cache_path(config, loaded)
+    forward = collect_activations(loaded, segments, config.layers, activation_path, batch_size=config.forward_batch_size,
+                                  max_seconds=config.capture_seconds, progress=progress)
     device = loaded.model.device
     record_base = {
         "command": shlex.join(list(command) if command is not None else sys.argv),
@@ -497,8 +426,10 @@ def train_saes(
     measure = quality(loaded, sorted(config.layers)) if quality is not None else None
 
     for layer in sorted(config.layers):
-        data = _read_layer(activation_path, layer, segments)
-        train, n_massive = training_rows(data, config.massive_tokens)  # [n_train, d] float16
+        data = read_layer(activation_path, layer, segments)
+        if data["holdout"].sum() < 2:
+            raise InputError("the held-out prompts are not cached yet; give the capture more time (--capture-seconds)")
+        train, n_massive = training_rows(data, config.massive_tokens, config.post_instruction_weight)  # [n_train, d] float16
         sae, info = _train_one(config, layer, train, loaded.model_id, device, progress)
         info.update(massive_tokens=config.massive_tokens, massive_train_tokens=n_massive)
         directory = config.layer_dir(layer)

@@ -344,15 +344,15 @@ def quality_text(layer: int, q: Mapping[str, Any]) -> str:
 def quality_hook(train_config: Any) -> Callable[[LoadedModel, Sequence[int]], Callable[[int, Any], dict[str, Any]]]:
     """``train_saes``'s ``quality`` hook for a ``TrainSAEConfig``: the same prompt files, split
     and seed, so the numbers are measured on the prompts the SAE was not trained on."""
-    config = SAEQualityConfig(
-        harmful=train_config.harmful, harmless=train_config.harmless, harmful_column=train_config.harmful_column,
-        harmless_column=train_config.harmless_column, holdout_fraction=train_config.holdout_fraction,
-        seed=train_config.seed, batch_size=train_config.forward_batch_size,
-    )
-
     def prepare(loaded: LoadedModel, layers: Sequence[int]) -> Callable[[int, Any], dict[str, Any]]:
+        device = loaded.model.device
+        config = SAEQualityConfig(
+            harmful=train_config.harmful, harmless=train_config.harmless, harmful_column=train_config.harmful_column,
+            harmless_column=train_config.harmless_column, holdout_fraction=train_config.holdout_fraction,
+            seed=train_config.seed, batch_size=train_config.for_device(device).forward_batch_size,
+        )
         inputs = QualityInputs(loaded, config, layers)
-        return lambda layer, sae: measure_sae_quality(inputs, _float32(sae), layer)
+        return lambda layer, sae: measure_sae_quality(inputs, _float32(sae).to(device), layer)
 
     return prepare
 

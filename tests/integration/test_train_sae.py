@@ -17,7 +17,8 @@ from cache.adapters import ADAPTERS
 from cache.models import LoadedModel
 from cache.sae import layer_from_hook, load_sae
 from cache.sae_corpus import build_corpus, corpus_digest
-from cache.train_sae import TrainSAEConfig, _prompts, collect_activations, train_saes
+from cache.activation_cache import collect_activations, read_layer
+from cache.train_sae import TrainSAEConfig, _prompts, activation_cache_path, train_saes
 from explorer.cli import cli
 from tests.tiny_models import make_tiny_model
 from tests.tiny_tokenizers import make_tiny_tokenizer
@@ -108,34 +109,38 @@ def test_forward_stops_after_the_last_layer_and_cache_is_reused(tmp_path: Path, 
     loaded = tiny()
     cfg = small_config(tmp_path, files, layers=(1,), n_tokens=500)
     segments = build_corpus(loaded, _prompts(cfg), cfg)
-    digest = corpus_digest(segments)
+    path = activation_cache_path(cfg, loaded)
     counter = BlockCounter(loaded.model)
     try:
-        stats = collect_activations(loaded, segments, [1], cfg.activation_path(digest), digest=digest, batch_size=4, progress=False)
-        n_batches = -(-len(segments) // 4)
-        assert counter.calls == [n_batches, n_batches, 0, 0]
-        assert stats["forward_tokens"] == sum(len(s.token_ids) for s in segments)
+        stats = collect_activations(loaded, segments, [1], path, batch_size=4, progress=False)
+        assert counter.calls[0] == counter.calls[1] > 0 and counter.calls[2:] == [0, 0]  # stopped after block 1
+        assert stats["forward_tokens"] == sum(len(s.token_ids) for s in segments) and stats["corpus_segments_missing"] == 0
+        unique = {s.token_ids for s in segments}
+        assert stats["cache_segments"] == len(unique)  # a repeated segment is forwarded once
+        before = list(counter.calls)
         # a complete cache is reused: no forward at all
-        collect_activations(loaded, segments, [1], cfg.activation_path(digest), digest=digest, batch_size=4, progress=False)
-        assert counter.calls == [n_batches, n_batches, 0, 0]
+        again = collect_activations(loaded, segments, [1], path, batch_size=4, progress=False)
+        assert counter.calls == before and again["this_run_tokens"] == 0
     finally:
         counter.remove()
     # rows match an unpadded forward of each segment
-    with h5py.File(cfg.activation_path(digest), "r") as f:
-        acts, seg, pos = f["layer_1"][:], f["segment"][:], f["position"][:]
+    data = read_layer(path, 1, segments)
     for index in (0, len(segments) // 2, len(segments) - 1):
         with torch.no_grad():
             hidden = loaded.model(torch.tensor([segments[index].token_ids]), output_hidden_states=True).hidden_states[2][0]
-        rows = np.flatnonzero(seg == index)
-        np.testing.assert_array_equal(pos[rows], np.arange(len(rows)))
-        np.testing.assert_allclose(acts[rows].astype(np.float32), hidden.numpy(), atol=2e-2, rtol=1e-2)
+        rows = np.flatnonzero(data["segment"] == index)
+        np.testing.assert_array_equal(data["position"][rows], np.arange(len(rows)))
+        np.testing.assert_allclose(data["acts"][rows].astype(np.float32), hidden.numpy(), atol=2e-2, rtol=1e-2)
+
+
+def _contents(path: Path, layers: list[int], segments) -> dict:
+    return {layer: read_layer(path, layer, segments) for layer in layers}
 
 
 def test_killed_activation_run_resumes_to_the_same_cache(tmp_path: Path, files: dict[str, Path]) -> None:
     loaded = tiny()
     cfg = small_config(tmp_path, files, layers=(0, 2), n_tokens=500)
     segments = build_corpus(loaded, _prompts(cfg), cfg)
-    digest = corpus_digest(segments)
     calls = {"n": 0}
 
     def die_on_third(*_: object) -> None:
@@ -146,21 +151,47 @@ def test_killed_activation_run_resumes_to_the_same_cache(tmp_path: Path, files: 
     handle = loaded.model.model.layers[0].register_forward_hook(die_on_third)
     try:
         with pytest.raises(KeyboardInterrupt):
-            collect_activations(loaded, segments, [0, 2], tmp_path / "a.h5", digest=digest, batch_size=4, progress=False)
+            collect_activations(loaded, segments, [0, 2], tmp_path / "a.h5", batch_size=4, flush_rows=1, progress=False)
     finally:
         handle.remove()
     with h5py.File(tmp_path / "a.h5", "r") as f:
-        assert int(f.attrs["batches_done"]) == 2
-    collect_activations(loaded, segments, [0, 2], tmp_path / "a.h5", digest=digest, batch_size=4, progress=False)
-    collect_activations(loaded, segments, [0, 2], tmp_path / "b.h5", digest=digest, batch_size=4, progress=False)
-    with h5py.File(tmp_path / "a.h5", "r") as a, h5py.File(tmp_path / "b.h5", "r") as b:
-        for name in ("layer_0", "layer_2", "segment", "position"):
-            np.testing.assert_array_equal(a[name][:], b[name][:])
+        # the two whole batches before the kill: the held-out prompts, then four segments
+        assert int(f.attrs["segments"]) == sum(s.holdout for s in segments) + 4
+        committed = int(f.attrs["rows"])
+    resumed = collect_activations(loaded, segments, [0, 2], tmp_path / "a.h5", batch_size=4, progress=False)
+    assert committed > 0 and resumed["this_run_tokens"] + committed == resumed["cache_rows"]
+    collect_activations(loaded, segments, [0, 2], tmp_path / "b.h5", batch_size=4, progress=False)
+    a, b = _contents(tmp_path / "a.h5", [0, 2], segments), _contents(tmp_path / "b.h5", [0, 2], segments)
+    for layer in (0, 2):
+        for name in ("acts", "segment", "position", "holdout"):
+            np.testing.assert_array_equal(a[layer][name], b[layer][name])
     # a cache with more layers serves a subset; one lacking a layer is rebuilt
-    stats = collect_activations(loaded, segments, [2], tmp_path / "a.h5", digest=digest, batch_size=4, progress=False)
-    assert stats["layers_in_cache"] == [0, 2]
-    stats = collect_activations(loaded, segments, [3], tmp_path / "a.h5", digest=digest, batch_size=4, progress=False)
+    stats = collect_activations(loaded, segments, [2], tmp_path / "a.h5", batch_size=4, progress=False)
+    assert stats["layers_in_cache"] == [0, 2] and stats["this_run_tokens"] == 0
+    stats = collect_activations(loaded, segments, [3], tmp_path / "a.h5", batch_size=4, progress=False)
     assert stats["layers_in_cache"] == [3]
+
+
+def test_tokens_accumulate_across_runs_and_a_time_boxed_capture_trains(tmp_path: Path, files: dict[str, Path]) -> None:
+    loaded = tiny()
+    small = small_config(tmp_path, files, layers=(1,), n_tokens=600)
+    large = small_config(tmp_path, files, layers=(1,), n_tokens=1500)
+    small_segments = build_corpus(loaded, _prompts(small), small)
+    large_segments = build_corpus(loaded, _prompts(large), large)
+    path = activation_cache_path(small, loaded)
+    assert activation_cache_path(large, loaded) == path  # one cache per model and layers, whatever the budget
+    first = collect_activations(loaded, small_segments, [1], path, batch_size=4, progress=False)
+    second = collect_activations(loaded, large_segments, [1], path, batch_size=4, progress=False)
+    # the larger corpus starts with the smaller one's segments: only the new ones are forwarded
+    assert 0 < second["this_run_tokens"] < second["forward_tokens"]
+    assert second["this_run_tokens"] <= second["forward_tokens"] - first["forward_tokens"] + 2 * small.context
+    # a capture stopped by its time budget keeps what it flushed, and the next run completes it
+    other = tmp_path / "boxed.h5"
+    boxed = collect_activations(loaded, large_segments, [1], other, batch_size=4, flush_rows=1, max_seconds=1e-9, progress=False)
+    assert boxed["stopped_at_time_budget"] and boxed["corpus_segments_missing"] > 0
+    assert read_layer(other, 1, large_segments)["holdout"].any()  # the held-out prompts come first
+    done = collect_activations(loaded, large_segments, [1], other, batch_size=4, progress=False)
+    assert done["corpus_segments_missing"] == 0 and done["this_run_tokens"] == boxed["corpus_tokens_missing"]
 
 
 def _cli() -> click.Group:

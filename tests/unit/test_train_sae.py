@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -13,9 +14,10 @@ from cache.default_saes import default_sae_dirs, default_sae_specs
 from cache.models import LoadedModel
 from cache.sae import layer_from_hook, load_sae
 from cache.sae_corpus import _Packer, build_corpus, corpus_digest, corpus_stats, iter_docstrings
-from cache.train_sae import TrainSAEConfig, explained_variance
+from cache.train_sae import TrainSAEConfig, activation_cache_path, explained_variance
 from cache.prompts import demo_prompts, split_prompts
 from store.errors import InputError
+from tests.tiny_models import tiny_loaded
 from tests.tiny_tokenizers import make_tiny_tokenizer
 
 
@@ -49,13 +51,16 @@ def test_config_rejects_bad_input_in_one_line(tmp_path: Path, overrides: dict, m
 def test_config_paths(tmp_path: Path) -> None:
     cfg = config(tmp_path, layers=(3, 1))
     assert cfg.layer_dir(3) == tmp_path / "saes" / "layer_3"
-    assert config(tmp_path, activations=tmp_path / "a.h5").activation_path("ab" * 32) == tmp_path / "a.h5"
+    assert activation_cache_path(config(tmp_path, activations=tmp_path / "a.h5"), tiny_loaded("qwen2")) == tmp_path / "a.h5"
 
 
-def test_default_activation_cache_is_keyed_by_corpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_activation_cache_is_keyed_by_model_and_layers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("REFUSAL_EXPLORER_HOME", str(tmp_path / "home"))
-    path = config(tmp_path).activation_path("0123456789abcdef" * 4)
-    assert path == tmp_path / "home" / "activations" / "corpus-0123456789abcdef.h5"
+    loaded = tiny_loaded("qwen2")
+    path = activation_cache_path(config(tmp_path, layers=(1, 2)), loaded)
+    assert path.parent == tmp_path / "home" / "activations" and path.name.startswith("acts-")
+    assert activation_cache_path(config(tmp_path, layers=(2, 1), n_tokens=9999), loaded) == path
+    assert activation_cache_path(config(tmp_path, layers=(1,)), loaded) != path
 
 
 def test_packer_keeps_every_token_in_chunks_of_at_most_context() -> None:
@@ -137,3 +142,23 @@ def test_packaged_default_saes_load_with_matching_hooks() -> None:
         assert len(record["corpus_sha256"]) == 64
         size = (path / "sae_weights.safetensors").stat().st_size
         assert size < 10_000_000  # float16: ~7.3 MB for 2048 x 896
+
+
+def test_post_instruction_tokens_are_weighted_and_held_out_ones_never_trained() -> None:
+    from cache.train_sae import training_rows
+
+    acts = torch.arange(6, dtype=torch.float16)[:, None].repeat(1, 4).numpy()  # row i = (i, i, i, i)
+    data = {"acts": acts, "holdout": np.array([0, 0, 0, 0, 1, 1], bool), "position": np.array([1, 2, 3, 4, 1, 2]),
+            "post_instruction": np.array([0, 0, 1, 1, 1, 0], bool)}
+    rows, _ = training_rows(data, "keep", post_instruction_weight=3)
+    assert sorted(rows[:, 0].tolist()) == [0, 1, 2, 2, 2, 3, 3, 3]
+    rows, _ = training_rows(data, "keep")
+    assert sorted(rows[:, 0].tolist()) == [0, 1, 2, 3]
+
+
+def test_batch_sizes_follow_the_device(tmp_path: Path) -> None:
+    cpu = config(tmp_path).for_device(torch.device("cpu"))
+    gpu = config(tmp_path).for_device(torch.device("cuda"))  # no GPU needed to resolve the sizes
+    assert (cpu.batch_size, cpu.forward_batch_size) == (1024, 8)
+    assert (gpu.batch_size, gpu.forward_batch_size) == (4096, 128)
+    assert config(tmp_path, batch_size=256).for_device(torch.device("cuda")).batch_size == 256  # given wins
