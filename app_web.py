@@ -12,6 +12,7 @@ ARCHITECTURE §3); ``main`` runs that same command on its own.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,8 @@ from refusal_web.context import WebContext, make_context
 from refusal_web import steering
 from refusal_web.links import Send, Target, open_in
 from refusal_web.live import LiveLimits, LiveModel, open_live_model
-from refusal_web.live_tab import live_tab
+from refusal_web.live_tab import LIVE_QUEUE, live_tab
+from refusal_web.search_now import search_now
 from refusal_web.evaluation import evaluation_tab
 from refusal_web.paper2 import paper2_tabs
 from refusal_web.render import CSS
@@ -110,7 +112,7 @@ def _features_tab(ctx: WebContext, sends: list[Send] | None) -> Target:
     return Target("features", {"layer": layers, "latent": latent}, partial(views.feature_view, ctx), [layers, latent], detail_outputs)
 
 
-def _prompts_tab(ctx: WebContext, sends: list[Send] | None) -> Target:
+def _prompts_tab(ctx: WebContext, sends: list[Send] | None, model: LiveModel | None) -> Target:
     page, status, _ = prompts.prompt_page(ctx, "", "all", 1)
     labels = ["all", *sorted(set(ctx.study.labels.tolist()))]
     colour_modes = list(prompts.COLOUR_MODES) if ctx.candidates is not None else ["latent"]
@@ -143,6 +145,10 @@ def _prompts_tab(ctx: WebContext, sends: list[Send] | None) -> Target:
             top = gr.Dataframe(shown[3], interactive=False, max_height=380, elem_id="prompt-top-latents",
                                label="Why: latents ranked by attribution to this prompt's refusal (click to colour)")
     why = gr.Markdown(shown[4], elem_id="prompt-why")
+    with gr.Row(visible=model is not None):
+        search = gr.Button("Search now: greedy minimal set for this prompt (saved into the study)", scale=1,
+                           elem_id="prompt-search-now")
+        search_status = gr.Markdown(elem_id="prompt-search-status")
     page_outputs = [table, status_md, page_no]
     query.submit(partial(prompts.prompt_search, ctx), [query, label], page_outputs, api_name="prompt_search")
     label.change(partial(prompts.prompt_search, ctx), [query, label], page_outputs)
@@ -156,6 +162,12 @@ def _prompts_tab(ctx: WebContext, sends: list[Send] | None) -> Target:
     top.select(_colour_by_clicked_latent, None, [latent, colour]).then(explore, view_inputs, view_outputs)
     if sends is not None:
         sends.append((to_live.click, partial(steering.prompt_to_live, ctx), [index]))
+    if model is not None:
+        def run_search(prompt: object, progress: gr.Progress = gr.Progress(track_tqdm=True)) -> Iterator[str]:
+            yield from search_now(ctx, model, prompt)
+
+        search.click(run_search, index, search_status, concurrency_limit=1, concurrency_id=LIVE_QUEUE,
+                     api_name="search_now").then(explore, view_inputs, view_outputs)
     return Target("prompts", {"prompt": index, "layer": layers, "latent": latent, "colour": colour}, explore, view_inputs, view_outputs)
 
 
@@ -257,7 +269,7 @@ def build_app(study: Study, live_model: LiveModel | None = None, *, run: str = "
                     gr.Markdown("*This study has no SAE codes: cache them with `refusal-explorer cache --sae LAYER=…`.*")
             with gr.Tab("Prompts", id="prompts"):
                 if ctx.layers:
-                    prompt_target = _prompts_tab(ctx, sends)
+                    prompt_target = _prompts_tab(ctx, sends, live_model)
                 else:
                     gr.Markdown("*This study has no SAE codes: cache them with `refusal-explorer cache --sae LAYER=…`.*")
             with gr.Tab("Minimal sets", id="sets"):

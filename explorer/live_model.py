@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -50,6 +51,13 @@ class StudyLiveModel:
         if latent_edits:
             layers = {edit.layer for edit in latent_edits}
             stack.enter_context(sae_edits(self.live.model, {layer: self.live.sae(layer) for layer in layers}, latent_edits))
+
+    def search_into_study(self, path: Path, run: str, prompts: list[int]) -> dict[str, Any]:
+        """Greedy-search study prompts with this model and save their sets into the study
+        (``explorer.greedy_more``; the web app's "search now")."""
+        from explorer.greedy_more import search_into_study
+
+        return search_into_study(path, run, self.live, prompts)
 
     def _prompt_ids(self, prompt: str) -> torch.Tensor:
         loaded = self.live.loaded

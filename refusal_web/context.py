@@ -65,6 +65,17 @@ class WebContext:
         """Every prompt's text."""
         return self.prompts().columns["text"]
 
+    def reopen(self) -> None:
+        """Read the study again after this app saved into it (a save renames a new file over the
+        old one: the open handle still reads the old one). Callbacks in flight keep the old
+        handle, which stays open for them."""
+        fresh = make_context(Study(self.study.path), self.run, self.export_dir)
+        with self._lock:
+            for name in ("study", "layers", "missing", "direction", "candidates", "greedy", "experiments", "fm", "dormant",
+                         "details"):
+                setattr(self, name, getattr(fresh, name))
+            self._tables, self._prompts = {}, None
+
     def pick_layer(self, layer: object) -> int:
         """The layer a view asked for (the default when empty), if it has SAE codes."""
         if not self.layers:

@@ -111,4 +111,5 @@ def test_send_buttons_exist_only_with_a_live_model(study: Study, fake_model) -> 
     assert len(sends) == 3 and all(tabs._id in dep["outputs"] for dep in sends)
     assert set(buttons(app_web.build_app(study)).values()) == {False}
     names = {dep.get("api_name") for dep in live.config["dependencies"]}
-    assert {"generate", "sweep"} <= names
+    assert {"generate", "sweep", "search_now"} <= names
+    assert "search_now" not in {dep.get("api_name") for dep in app_web.build_app(study).config["dependencies"]}
