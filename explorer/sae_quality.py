@@ -381,7 +381,7 @@ def measure_specs(specs: Sequence[Any], config: SAEQualityConfig, *, model: str 
     for spec in specs:
         layer = int(spec.layer)
         quality = measure_sae_quality(inputs, saes[layer], layer, progress=progress)
-        quality["model"], quality["sae"] = loaded.model_id, spec.label
+        quality["model"], quality["sae"] = loaded.model_id, _sae_label(spec)
         results[layer] = quality
         if write and spec.is_local:
             path = Path(spec.path).expanduser() / "metrics.json"
@@ -392,3 +392,15 @@ def measure_specs(specs: Sequence[Any], config: SAEQualityConfig, *, model: str 
             metrics["quality"] = quality
             path.write_text(json.dumps(metrics, indent=2) + "\n")
     return results
+
+
+def _sae_label(spec: Any) -> str:
+    """``packaged layer_14`` for a packaged SAE (its path differs per install), else the spec."""
+    from cache.default_saes import default_sae_dirs
+
+    if spec.is_local:
+        where = Path(spec.path).expanduser().resolve()
+        for layer, directory in default_sae_dirs().items():
+            if directory.resolve() == where:
+                return f"packaged layer_{layer}"
+    return spec.label
