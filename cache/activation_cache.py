@@ -257,6 +257,8 @@ def read_layer(path: Path, layer: int, segments: Sequence[Segment]) -> dict[str,
     n_post = np.array([s.n_post for s in segments], np.int32)[segment]
     length = np.array([len(s.token_ids) for s in segments], np.int32)[segment]
     n_pre = np.array([s.n_pre for s in segments], np.int32)[segment]
+    end = length - np.array([s.n_response for s in segments], np.int32)[segment]  # where the prompt ends
     return {"acts": acts, "holdout": holdout, "position": position, "segment": segment,
-            "post_instruction": (n_post > 0) & (position >= length - n_post),
-            "instruction": (n_post > 0) & (position >= n_pre) & (position < length - n_post)}
+            "post_instruction": (n_post > 0) & (position >= end - n_post) & (position < end),
+            "instruction": (n_post > 0) & (position >= n_pre) & (position < end - n_post),
+            "response": position >= end}

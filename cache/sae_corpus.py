@@ -1,6 +1,7 @@
 """The offline corpus the embedded model's SAEs are trained on, gathered deterministically.
 
-Chat-formatted prompts (held-out ``val`` ones marked), user text files, then docstrings of
+Chat-formatted prompts (held-out ``val`` ones marked; optionally followed by the model's own
+greedy response, so refusals and answers are in the training distribution), user text files, then docstrings of
 installed packages in a fixed order, packed into chunks of at most ``context`` tokens. The same
 inputs always give the same corpus, recorded by ``corpus_digest``.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import importlib.metadata
+import json
 import importlib.util
 import random
 import sys
@@ -29,6 +31,7 @@ class CorpusSettings(Protocol):
     """What the corpus builder reads of a training config (``cache.train_sae.TrainSAEConfig``)."""
 
     n_tokens: int
+    response_tokens: int
     context: int
     text_files: tuple[Path, ...]
     doc_packages: tuple[str, ...]
@@ -54,6 +57,8 @@ class Segment:
     """Post-instruction template tokens at its end (chat-formatted segments only)."""
     n_pre: int = 0
     """Template tokens before the instruction (chat-formatted only; not part of the digest)."""
+    n_response: int = 0
+    """Tokens of the model's own response after the post-instruction tokens (prompts only)."""
 
 
 def _doc_roots(packages: Sequence[str]) -> list[tuple[str, Path]]:
@@ -168,8 +173,10 @@ def build_corpus(loaded: LoadedModel, prompts: Sequence[Prompt], config: CorpusS
     def tokens(text: str) -> list[int]:
         return tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    segments = [Segment(tuple(adapter.encode(tokenizer, p.text)), "prompt", p.split == "val", n_post, n_pre)
-                for p in prompts]
+    encoded = [adapter.encode(tokenizer, p.text) for p in prompts]
+    responses = own_responses(loaded, encoded, config.response_tokens) if config.response_tokens else [[] for _ in encoded]
+    segments = [Segment(tuple(ids + response), "prompt", p.split == "val", n_post, n_pre, len(response))
+                for p, ids, response in zip(prompts, encoded, responses)]
     budget = config.n_tokens - sum(len(s.token_ids) for s in segments if not s.holdout)
     separator = tokens("\n\n")
     texts = _Packer(config.context, separator, "text")
@@ -209,8 +216,37 @@ def corpus_digest(segments: Sequence[Segment]) -> str:
     """sha256 over every segment's source, held-out flag and token ids, in order."""
     digest = hashlib.sha256()
     for s in segments:
-        digest.update(f"{s.source}|{int(s.holdout)}|{s.n_post}|{','.join(map(str, s.token_ids))}\n".encode())
+        response = f"|r{s.n_response}" if s.n_response else ""  # absent before responses existed: old digests hold
+        digest.update(f"{s.source}|{int(s.holdout)}|{s.n_post}{response}|{','.join(map(str, s.token_ids))}\n".encode())
     return digest.hexdigest()
+
+
+def own_responses(loaded: LoadedModel, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int, *,
+                  batch_size: int = 8) -> list[list[int]]:
+    """The model's greedy responses (token ids, up to its end-of-turn token) to each prompt,
+    kept in a JSON file under the project's cache dir so a rerun does not generate them again
+    (keyed by model, revision, dtype, length and the prompts' token ids)."""
+    from cache.default_model import cache_home
+    from cache.generation import greedy_response_ids
+
+    dtype = next(loaded.model.parameters()).dtype
+    key = hashlib.sha256(json.dumps([loaded.model_id, loaded.revision, str(dtype), max_new_tokens,
+                                     [list(map(int, ids)) for ids in prompt_ids]]).encode()).hexdigest()
+    path = cache_home() / "responses" / f"{key[:24]}.json"
+    try:
+        stored = json.loads(path.read_text())
+        if isinstance(stored, list) and len(stored) == len(prompt_ids):
+            return [[int(t) for t in row] for row in stored]
+    except (OSError, ValueError):
+        pass
+    out: list[list[int]] = []
+    for start in range(0, len(prompt_ids), batch_size):
+        out += greedy_response_ids(loaded.model, loaded.tokenizer, prompt_ids[start : start + batch_size], max_new_tokens)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(out))
+    tmp.replace(path)  # a reader never sees half a file
+    return out
 
 
 def corpus_stats(segments: Sequence[Segment]) -> dict[str, Any]:

@@ -84,6 +84,9 @@ class TrainSAEConfig:
     """Installed packages whose docstrings fill the corpus ('stdlib' = Python's own library)."""
     n_tokens: int = 100_000
     """Training tokens to gather (prompts + text files + docstrings); held-out prompts extra."""
+    response_tokens: int = 0
+    """Append the model's own greedy response (up to this many tokens) to every chat-formatted
+    prompt, so its refusals and answers are trained on (generated once, then kept on disk)."""
     context: int = 128
     """Longest chunk, in tokens."""
     chat_fraction: float = 0.3
@@ -145,8 +148,8 @@ class TrainSAEConfig:
         for path in self.text_files:
             if not Path(path).is_file():
                 raise InputError(f"--text {path}: no such file")
-        if self.n_tokens < 1 or self.context < 8:
-            raise InputError("--tokens must be ≥ 1 and --context ≥ 8")
+        if self.n_tokens < 1 or self.context < 8 or self.response_tokens < 0:
+            raise InputError("--tokens must be ≥ 1, --context ≥ 8 and --response-tokens ≥ 0")
         if not 0.0 <= self.chat_fraction <= 1.0 or not 0.0 < self.holdout_fraction < 1.0:
             raise InputError("--chat-fraction must be in [0, 1] and --holdout-fraction in (0, 1)")
         if self.d_sae < 1 or not 1 <= self.k <= self.d_sae:
@@ -322,6 +325,8 @@ def evaluate_sae(sae: Any, data: dict[str, np.ndarray], *, seed: int = 0) -> dic
     ordinary = (position > 0) & ~massive
     post = torch.from_numpy(data["post_instruction"][data["holdout"]])
     instruction = torch.from_numpy(data["instruction"][data["holdout"]])
+    response = torch.from_numpy(data["response"][data["holdout"]])
+    extra: dict[str, float] = {}
     train_rows = np.flatnonzero(~data["holdout"])
     rng = np.random.default_rng(seed)
     sample_rows = np.sort(rng.choice(train_rows, size=min(DEAD_SAMPLE_TOKENS, len(train_rows)), replace=False))
@@ -332,7 +337,10 @@ def evaluate_sae(sae: Any, data: dict[str, np.ndarray], *, seed: int = 0) -> dic
     fired = counts > 0
     dense = counts > DENSE_FRACTION * (holdout.shape[0] + len(sample_rows))
     l0 = (codes != 0).sum(-1).float()
+    if bool(response.any()):  # the corpus has the model's own responses (--response-tokens)
+        extra["explained_variance_response_tokens"] = explained_variance(holdout[response], recon[response])
     return {
+        **extra,
         "explained_variance": explained_variance(holdout, recon),
         "explained_variance_without_first_token": explained_variance(holdout[position > 0], recon[position > 0]),
         "explained_variance_ordinary_tokens": explained_variance(holdout[ordinary], recon[ordinary]),
@@ -351,6 +359,7 @@ def evaluate_sae(sae: Any, data: dict[str, np.ndarray], *, seed: int = 0) -> dic
         "holdout_massive_norm_tokens": int(massive.sum()),
         "holdout_post_instruction_tokens": int(post.sum()),
         "holdout_instruction_tokens": int(instruction.sum()),
+        "holdout_response_tokens": int(response.sum()),
         "massive_norm_rule": f"norm > {OUTLIER_NORM_FACTOR:g} x median held-out norm",
         "dead_sample_tokens": int(holdout.shape[0] + len(sample_rows)),
         "median_norm": float(norms.median()),

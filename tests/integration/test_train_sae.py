@@ -194,6 +194,29 @@ def test_tokens_accumulate_across_runs_and_a_time_boxed_capture_trains(tmp_path:
     assert done["corpus_segments_missing"] == 0 and done["this_run_tokens"] == boxed["corpus_tokens_missing"]
 
 
+def test_prompts_carry_the_models_own_responses_generated_once(tmp_path: Path, files: dict[str, Path],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    loaded = tiny()
+    cfg = small_config(tmp_path, files, layers=(1,), n_tokens=600, response_tokens=5)
+    segments = build_corpus(loaded, _prompts(cfg), cfg)
+    prompts = [s for s in segments if s.source == "prompt"]
+    assert len(prompts) == len(HARMFUL + HARMLESS) and all(0 < s.n_response <= 5 for s in prompts)
+    plain = build_corpus(loaded, _prompts(cfg), small_config(tmp_path, files, layers=(1,), n_tokens=600))
+    for with_response, without in zip(prompts, plain):
+        assert with_response.token_ids[: len(without.token_ids)] == without.token_ids  # prompt, then its response
+    # the responses are kept on disk: the same corpus again generates nothing
+    monkeypatch.setattr("cache.generation.greedy_response_ids", lambda *_a, **_k: pytest.fail("generated again"))
+    assert build_corpus(loaded, _prompts(cfg), cfg) == segments
+    path = tmp_path / "r.h5"
+    collect_activations(loaded, segments, [1], path, batch_size=4, progress=False)
+    data = read_layer(path, 1, segments)
+    n_post = loaded.adapter.n_post_instruction(loaded.tokenizer)
+    held_out = data["holdout"]
+    # the post-instruction tokens are still found before the response
+    assert int(data["post_instruction"][held_out].sum()) == 2 * n_post
+    assert int(data["response"][held_out].sum()) == sum(s.n_response for s in segments if s.holdout)
+
+
 def _cli() -> click.Group:
     return cli
 
