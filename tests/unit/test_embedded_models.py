@@ -105,6 +105,13 @@ def _fill(explicit: dict, **kwargs) -> dict:
     return apply_preset(None, options, set(explicit), **kwargs)
 
 
+@pytest.fixture(autouse=True)
+def _plain_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cache import presets
+
+    monkeypatch.setattr(presets, "cpu_has_native_bf16", lambda: False)
+
+
 def test_model_qwen_1_5b_is_its_preset() -> None:
     filled = _fill({"model": "qwen-1.5b"})
     assert filled["model"] == "qwen-1.5b" and filled["layers"] == (10, 12, 14, 16, 18)
@@ -123,6 +130,15 @@ def test_cpu_batch_size_follows_the_available_ram() -> None:
     assert _fill({"model": "qwen-1.5b"}, gpu_total_bytes=24 * gib)["dtype"] == "bfloat16"
     # The default model has no RAM tiers: its CPU batch size stays 8 whatever the RAM.
     assert _fill({"model": "default"}, cpu_available_bytes=2 * gib)["batch_size"] == 8
+
+
+def test_bf16_only_on_cpus_with_native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cache import presets
+
+    monkeypatch.setattr(presets, "cpu_has_native_bf16", lambda: True)
+    assert _fill({"model": "qwen-1.5b"})["dtype"] == "bfloat16"
+    assert _fill({"model": "qwen-1.5b", "dtype": "float32"})["dtype"] == "float32"  # explicit wins
+    assert _fill({"model": "default"})["dtype"] == "float32"  # not measured faster there: unchanged
 
 
 def test_asking_the_1_5b_preset_for_an_sae_is_a_one_line_error() -> None:
