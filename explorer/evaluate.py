@@ -278,6 +278,25 @@ class AblationEvaluator:
         captured: dict[int, list[list[torch.Tensor]]] = {
             layer: [[None] * len(chosen) for _ in range(masks.shape[0])] for layer in capture  # type: ignore[list-item]
         }
+        self._run_rows(masks, rows, scores, column, captured, capture)
+        return EvalOutput(scores=scores, captured=captured)
+
+    @torch.no_grad()
+    def scores_of_pairs(self, sets: Sequence[Sequence[int]], prompts: Sequence[int]) -> np.ndarray:
+        """Refusal scores [len(sets)]: set r ablated on prompt ``prompts[r]`` (rows of different
+        prompts share batched forwards: the greedy searches of several prompts in one go)."""
+        if len(sets) != len(prompts):
+            raise InputError("scores_of_pairs needs one prompt per set")
+        masks = self._check_masks(self.masks_of_sets(sets))
+        rows = [(r, int(p)) for r, p in enumerate(prompts)]
+        out = np.zeros((len(sets), 1), np.float32)
+        self._run_rows(masks, rows, out, None, {}, ())
+        return out[:, 0]
+
+    def _run_rows(self, masks: torch.Tensor, rows: list[tuple[int, int]], scores: np.ndarray, column: dict[int, int] | None,
+                  captured: dict[int, list[list[torch.Tensor]]], capture: Sequence[int]) -> None:
+        """Score (mask row, prompt) rows, ``max_batch`` per forward, into ``scores[b, column[p]]``
+        (``column`` None: ``scores[b, 0]``, one row per mask)."""
         for start in range(0, len(rows), self.config.max_batch):
             chunk = rows[start : start + self.config.max_batch]
             resid: list[torch.Tensor] = [None] * len(chunk)  # type: ignore[list-item]
@@ -291,11 +310,11 @@ class AblationEvaluator:
             logits, layer_resid = self.forward_from([p for _b, p in chunk], resid, capture=capture)
             values = refusal_log_odds(logits, self.refusal_ids).float().cpu().numpy()
             for r, (b, p) in enumerate(chunk):
-                scores[b, column[p]] = values[r]
+                j = 0 if column is None else column[p]
+                scores[b, j] = values[r]
                 for layer, hidden in layer_resid.items():
                     length = len(self.token_ids[p])
-                    captured[layer][b][column[p]] = hidden[r, hidden.shape[1] - length :].float().cpu()
-        return EvalOutput(scores=scores, captured=captured)
+                    captured[layer][b][j] = hidden[r, hidden.shape[1] - length :].float().cpu()
 
     def scores(self, masks: torch.Tensor, prompts: Sequence[int] | None = None) -> np.ndarray:
         """Refusal scores [B, P] with each mask row's latents ablated (bool [B, d_sae])."""

@@ -1,4 +1,6 @@
 """Stage 2: greedy filtering to a minimal latent set whose ablation flips refusal (as in Beyond I'm Sorry).
+The search itself is explorer/greedy_search.py; the searches of several prompts run side by side
+there, sharing batched forwards (``--side-by-side``).
 
 Per refused harmful prompt (and optionally jointly over all of them):
 
@@ -33,12 +35,11 @@ from cache.generation import greedy_generate
 from cache.interventions import RowMaskEdit, sae_edits
 from explorer.candidates import top_latents
 from explorer.evaluate import AblationEvaluator, EvaluatorConfig
+from explorer.greedy_search import Order, SearchTrace, search, search_many  # noqa: F401 (search: re-exported)
 from explorer.live import LiveContext, checked_prompts, prompt_token_ids, select_prompts
 from explorer.results import CandidateResult, GreedyResult
 from store import Study
 from store.errors import InputError
-
-Order = Literal["ascending", "thresholded"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,10 +74,13 @@ class GreedyConfig:
     prefix_pass: bool = True
     """ascending: drop the longest flipping prefix of the single-removal ranking in two
     batched forwards before eliminating step by step (same kind of result, far fewer steps)."""
+    side_by_side: int = 8
+    """Searches run at once, their trial sets scored in shared batched forwards (1 = one prompt
+    after the other); the sets found are the same, the forwards fewer and fuller."""
 
     def __post_init__(self) -> None:
-        if self.k < 1 or self.max_prompts < 1 or self.max_batch < 1 or self.generate < 0:
-            raise InputError("--k, --max-prompts and --max-batch must be ≥ 1, --generate ≥ 0")
+        if self.k < 1 or self.max_prompts < 1 or self.max_batch < 1 or self.generate < 0 or self.side_by_side < 1:
+            raise InputError("--k, --max-prompts, --max-batch and --side-by-side must be ≥ 1, --generate ≥ 0")
         if self.time_budget_s is not None and not self.time_budget_s > 0:
             raise InputError("--time-budget-s must be positive")
         if self.order not in ("ascending", "thresholded"):
@@ -85,90 +89,6 @@ class GreedyConfig:
             raise InputError(f"--ranking must be cosine, attribution or integrated_gradients, not {self.ranking!r}")
         if not 0 <= self.p_threshold <= 1:
             raise InputError("--p-threshold must be within [0, 1]")
-
-
-@dataclass
-class SearchTrace:
-    """One search: the start set, the final set and every step in between."""
-
-    prompts: list[int]  # evaluator prompt indices the flip must hold on
-    start: list[int]
-    final: list[int]
-    baseline: float  # mean score, nothing ablated
-    start_score: float
-    final_score: float
-    start_flips: bool
-    sizes: list[int] = field(default_factory=list)
-    scores: list[float] = field(default_factory=list)
-    removed: list[int] = field(default_factory=list)
-    prefix_removed: int = 0  # latents dropped by the prefix pass (ascending order)
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.asarray(x, np.float64)))
-
-
-def search(
-    ev: AblationEvaluator, prompts: Sequence[int], start: Sequence[int], *, threshold: float, order: Order, p_threshold: float = 0.01,
-    prefix_pass: bool = True,
-) -> SearchTrace:
-    """Backward elimination from ``start`` on evaluator prompts ``prompts`` (flip on all).
-
-    ``prefix_pass`` (ascending order): first rank the start set by the effect of each single
-    removal (one batch), then score every prefix of that ranking removed together (one more
-    batch) and drop the longest prefix whose every step keeps the flip: the one-pass "remove
-    in ascending order of individual effect" search in two forwards. The step-by-step
-    elimination then continues from there, so the final set is still 1-minimal.
-    """
-    prompts = [int(p) for p in prompts]
-    current = [int(i) for i in start]
-    baseline = float(ev.baseline[prompts].mean())
-    now = ev.scores_of_sets([current], prompts)[0]  # [P]
-    trace = SearchTrace(
-        prompts=prompts, start=list(current), final=list(current), baseline=baseline, start_score=float(now.mean()),
-        final_score=float(now.mean()), start_flips=bool((now < threshold).all()),
-    )
-    trace.sizes.append(len(current))
-    trace.scores.append(float(now.mean()))
-    trace.removed.append(-1)
-    if not trace.start_flips:
-        return trace
-    if order == "ascending" and prefix_pass and len(current) > 1:
-        current, now = _prefix_pass(ev, prompts, current, now, threshold, trace)
-    while current:
-        trial = ev.scores_of_sets([[j for j in current if j != i] for i in current], prompts)  # [|S|, P]
-        ok = (trial < threshold).all(axis=1)
-        if order == "thresholded":
-            change = np.abs(_sigmoid(trial) - _sigmoid(now)[None]).mean(axis=1)
-            ok &= change <= p_threshold
-        if not ok.any():
-            break
-        pick = int(np.where(ok, trial.mean(axis=1), np.inf).argmin())
-        trace.removed.append(current.pop(pick))
-        now = trial[pick]
-        trace.sizes.append(len(current))
-        trace.scores.append(float(now.mean()))
-    trace.final, trace.final_score = list(current), float(now.mean())
-    return trace
-
-
-def _prefix_pass(
-    ev: AblationEvaluator, prompts: list[int], current: list[int], now: np.ndarray, threshold: float, trace: SearchTrace,
-) -> tuple[list[int], np.ndarray]:
-    single = ev.scores_of_sets([[j for j in current if j != i] for i in current], prompts)  # [|S|, P]
-    ordered = [current[i] for i in np.argsort(single.mean(axis=1), kind="stable")]
-    prefixes = ev.scores_of_sets([ordered[m:] for m in range(1, len(ordered))], prompts)  # [|S|-1, P]
-    flips = (prefixes < threshold).all(axis=1)
-    keep_going = int(np.argmin(flips)) if not flips.all() else len(flips)  # leading run of flips
-    for m in range(keep_going):
-        trace.removed.append(ordered[m])
-        trace.sizes.append(len(ordered) - m - 1)
-        trace.scores.append(float(prefixes[m].mean()))
-    trace.prefix_removed = keep_going
-    if keep_going == 0:
-        return current, now
-    kept = set(ordered[keep_going:])
-    return [i for i in current if i in kept], prefixes[keep_going - 1]
 
 
 def verify(
@@ -213,16 +133,19 @@ def run_greedy(
     if not refused:
         raise InputError(f"none of the chosen prompts is refused (score > {threshold:g}) by the live model")
     groups = [[p] for p in refused] + ([refused] if config.joint and len(refused) > 1 else [])
-    traces = []
     started = time.monotonic()
-    for group in tqdm(groups, desc=f"greedy ({config.order})", unit="set", disable=not progress):
-        if config.time_budget_s is not None and time.monotonic() - started > config.time_budget_s and traces:
-            break  # out of time: keep what was searched (the summary counts the rest as unsearched)
+    searches = []
+    for group in groups:
         active = ev.active_latents(group[0]) if len(group) == 1 else ev.active_latents()
-        start = top_latents(candidates, config.ranking, config.k, allowed=active if config.active_only else None)
-        traces.append(search(
-            ev, group, start, threshold=threshold, order=config.order, p_threshold=config.p_threshold, prefix_pass=config.prefix_pass,
-        ))
+        searches.append((group, top_latents(candidates, config.ranking, config.k, allowed=active if config.active_only else None)))
+
+    def may_start(n_started: int) -> bool:  # out of time: keep what was searched (the summary counts the rest)
+        return n_started == 0 or config.time_budget_s is None or time.monotonic() - started <= config.time_budget_s
+
+    with tqdm(total=len(groups), desc=f"greedy ({config.order})", unit="set", disable=not progress) as bar:
+        traces = search_many(ev, searches, threshold=threshold, order=config.order, p_threshold=config.p_threshold,
+                             prefix_pass=config.prefix_pass, side_by_side=config.side_by_side, may_start=may_start,
+                             on_done=bar.update)
     flipped = np.full(len(traces), -1, np.int8)
     base_gen, abl_gen = [""] * len(traces), [""] * len(traces)
     if config.generate:

@@ -59,6 +59,7 @@ def test_greedy_finds_the_planted_pair_for_every_prompt_and_jointly(planted) -> 
         live = planted_live(study, loaded, sae)
         config = GreedyConfig(
             layer=SAE_LAYER, k=8, threshold=THRESHOLD, max_prompts=4, joint=True, generate=2, max_batch=16, prefix_pass=False,
+            side_by_side=1,  # one search after the other: the forward count below is per search
         )
         result, summary = run_greedy(study, live, cosine_candidates(sae, u), config, progress=False)
         chosen = select_prompts(study, label="harmful", refused=True)[:4]
@@ -149,3 +150,23 @@ def test_analyze_cli_runs_the_three_stages_and_explains_missing_inputs(planted, 
         assert set(CandidateResult.load(study, "cli").top_cosine[:2].tolist()) == set(PLANTED_LATENTS)
         greedy = GreedyResult.load(study, "cli")
         assert GreedyResult.config_of(study, "cli")["k"] == 6 and (greedy.flipped == 1).all()
+
+
+def test_searches_side_by_side_find_the_same_sets_in_fewer_forwards(planted) -> None:
+    """The searches of several prompts share batched forwards (explorer/greedy_search.search_many):
+    every set, score and step is what one search after the other finds."""
+    path, loaded, sae, u = planted
+    results = {}
+    with Study(path) as study:
+        live = planted_live(study, loaded, sae)
+        for side_by_side in (1, 8):
+            config = GreedyConfig(layer=SAE_LAYER, k=8, threshold=THRESHOLD, max_prompts=4, joint=True, generate=0,
+                                  max_batch=32, side_by_side=side_by_side)
+            results[side_by_side] = run_greedy(study, live, cosine_candidates(sae, u), config, progress=False)
+    (alone, alone_summary), (together, together_summary) = results[1], results[8]
+    for name in ("prompt", "set_offsets", "set_latents", "trajectory_offsets", "trajectory_size", "trajectory_removed", "joint_prompts"):
+        np.testing.assert_array_equal(getattr(alone, name), getattr(together, name))
+    for name in ("baseline_score", "start_score", "final_score", "trajectory_score"):
+        np.testing.assert_allclose(getattr(alone, name), getattr(together, name), atol=1e-4)
+    assert alone_summary["rows"] == together_summary["rows"]  # the same (set, prompt) rows were scored
+    assert together_summary["forwards_from_layer"] < alone_summary["forwards_from_layer"] / 2
