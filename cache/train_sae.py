@@ -12,8 +12,8 @@ Three stages, each cheap to rerun or resume:
    per model and layers, keyed by segment: tokens accumulate across runs, every training
    reuses the segments already there, a killed or time-boxed (``--capture-seconds``) capture
    continues where it stopped, and a training runs on whatever has been captured.
-3. **Training** through sae-lens's ``SAETrainer`` fed from that file (TopK, aux-k loss for dead
-   latents), then held-out metrics and sae-lens's on-disk format with float16 weights.
+3. **Training** through sae-lens's ``SAETrainer`` fed from that file (TopK or BatchTopK, aux-k
+   loss for dead latents), then held-out metrics and sae-lens's on-disk format with float16 weights.
    Massive-norm tokens (each sequence's first token, ~100x the median norm, and a few chat
    template tokens, ~10x) are rescaled to the median norm for training: left as they are,
    they carry almost all of the squared error, and most latents die.
@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -96,7 +96,10 @@ class TrainSAEConfig:
     d_sae: int = 2048
     """Number of latents."""
     k: int = 32
-    """Active latents per token (TopK)."""
+    """Active latents per token (TopK), or on average over a batch (BatchTopK)."""
+    architecture: Literal["topk", "batchtopk"] = "topk"
+    """topk: exactly k latents per token; batchtopk: the k·batch largest codes of a batch
+    (a token may use more or fewer), saved as a JumpReLU SAE with the learnt threshold."""
     epochs: float = 6.0
     """Passes over the training tokens."""
     lr: float = 3e-3
@@ -156,6 +159,8 @@ class TrainSAEConfig:
             raise InputError(f"need --d-sae ≥ 1 and 1 ≤ --k ≤ --d-sae (got d_sae={self.d_sae}, k={self.k})")
         if not self.epochs > 0 or not self.lr > 0 or (self.batch_size or 1) < 1 or (self.forward_batch_size or 1) < 1:
             raise InputError("--epochs and --lr must be > 0, --batch-size and --forward-batch-size ≥ 1")
+        if self.architecture not in ("topk", "batchtopk"):
+            raise InputError(f"--architecture must be topk or batchtopk, not {self.architecture!r}")
         if self.massive_tokens not in MASSIVE_POLICIES:
             raise InputError(f"--massive-tokens must be one of {', '.join(MASSIVE_POLICIES)}, not {self.massive_tokens!r}")
         if self.capture_seconds is not None and not self.capture_seconds > 0:
@@ -232,12 +237,15 @@ def _train_one(config: TrainSAEConfig, layer: int, train: torch.Tensor, model_id
                progress: bool) -> tuple[Any, dict[str, Any]]:
     from sae_lens.saes.sae import SAEMetadata
     from sae_lens.config import SAETrainerConfig
+    from sae_lens.saes.batchtopk_sae import BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig
     from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
     from sae_lens.training.sae_trainer import SAETrainer
 
     d_in = int(train.shape[1])
     torch.manual_seed(config.seed + layer)
-    sae_cfg = TopKTrainingSAEConfig(
+    config_class, sae_class = ((BatchTopKTrainingSAEConfig, BatchTopKTrainingSAE) if config.architecture == "batchtopk"
+                               else (TopKTrainingSAEConfig, TopKTrainingSAE))
+    sae_cfg = config_class(
         d_in=d_in, d_sae=config.d_sae, k=config.k, dtype="float32", device=str(device),
         # a constant rescale to norm sqrt(d_in), folded into the weights after training; the
         # aux-k loss allows it (not layer norm)
@@ -245,7 +253,7 @@ def _train_one(config: TrainSAEConfig, layer: int, train: torch.Tensor, model_id
         metadata=SAEMetadata(model_name=model_id, hook_name=HOOK_NAME.format(layer=layer),
                              context_size=config.context, prepend_bos=False),
     )
-    sae = TopKTrainingSAE(sae_cfg)
+    sae = sae_class(sae_cfg)
     total = int(config.epochs * train.shape[0])
     steps = max(1, total // config.batch_size)
     trainer_cfg = SAETrainerConfig(
@@ -444,7 +452,7 @@ def train_saes(
         directory = config.layer_dir(layer)
         _save_fp16(sae, directory)
         saved = load_sae(str(directory), d_model=int(loaded.model.config.hidden_size), n_layers=depth)
-        metrics = {"layer": layer, "hook_name": HOOK_NAME.format(layer=layer), "architecture": "topk",
+        metrics = {"layer": layer, "hook_name": HOOK_NAME.format(layer=layer), "architecture": config.architecture,
                    "k": config.k, **evaluate_sae(saved, data, seed=config.seed)}
         if measure is not None:
             metrics["quality"] = measure(layer, saved)

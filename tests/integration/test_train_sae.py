@@ -271,3 +271,12 @@ def test_cli_bad_input_is_one_line(tmp_path: Path, tiny_model_dir: Path, extra: 
     errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and message in errors[0] and "Traceback" not in result.output
     assert result.output.rstrip().endswith(errors[0])
+
+
+def test_batchtopk_trains_and_is_saved_as_jumprelu(tmp_path: Path, files: dict[str, Path]) -> None:
+    cfg = small_config(tmp_path, files, layers=(1,), architecture="batchtopk", quality=False)
+    metrics = train_saes(cfg, loaded=tiny(), progress=False, command=["x"])[1]
+    sae = load_sae(str(cfg.layer_dir(1)))
+    assert sae.cfg.architecture() == "jumprelu" and metrics["architecture"] == "batchtopk"
+    # k is an average over a batch: tokens vary around it, and the learnt threshold keeps it near k
+    assert 4 <= metrics["l0"] <= 64 and 0.3 < metrics["explained_variance"] <= 1.0
