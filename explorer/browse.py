@@ -16,6 +16,7 @@ from typing import ClassVar, TypeVar
 import numpy as np
 
 from explorer import filters
+from explorer.results_paper2 import PAPER2_RESULT_TYPES
 from explorer.results import RESULT_TYPES, CandidateResult, DormantResult, FMResult, GreedyResult, StageResult
 from store import LayerCodes, Study
 
@@ -281,12 +282,21 @@ def greedy_counts(study: Study, run: str = "default") -> dict[str, int] | None:
     return greedy.counts(int(refused.sum()))
 
 
+# Every stage a run can hold, in pipeline order, with the command that produces it. The
+# refusal-tokens and evaluate results live in modules that import torch, so they are named here.
+STAGE_COMMANDS: tuple[tuple[str, str], ...] = (
+    ("refusal-tokens", "refusal-explorer analyze refusal-tokens"),
+    *((kind.STAGE, kind.COMMAND) for kind in (*RESULT_TYPES, *PAPER2_RESULT_TYPES)),
+    ("evaluate", "refusal-explorer evaluate"),
+)
+
+
 def analyses_present(study: Study, run: str = "default") -> dict[str, str | None]:
     """Stage name → None if present, else the command that produces it."""
     present = set()
     if run in study.analysis_runs():
         present = {name for name in study.file[f"analysis/{run}"]}
-    return {t.STAGE: (None if t.STAGE in present else t.COMMAND) for t in RESULT_TYPES}
+    return {stage: (None if stage in present else command) for stage, command in STAGE_COMMANDS}
 
 
 def text_plot(xs: np.ndarray, ys: np.ndarray, *, width: int = 60, height: int = 12) -> str:

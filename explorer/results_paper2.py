@@ -180,6 +180,9 @@ class ProbeResult(StageResult):
     l2: float
 
 
+PAPER2_RESULT_TYPES: tuple[type[StageResult], ...] = (GraphResult, CategoryResult, JailbreakResult, ProbeResult)
+
+
 def refusal_latents(candidates: object, ranking: str, k: int) -> list[int]:
     """The top k latents of a ``CandidateResult`` by ``ranking``, or a one-line error when that
     ranking was not computed (IG skipped with --ig-steps 0)."""

@@ -18,6 +18,7 @@ import plotly.graph_objects as go
 
 from explorer.browse import FEATURE_COLUMNS
 from explorer.filters import FEATURES, check_sort
+from explorer.headlines import headlines
 from refusal_web import plots
 from refusal_web.context import WebContext, page_of, whole_number
 from refusal_web.dashboard import dashboard_html, histogram_by_label, latent_dashboard, lens_markdown
@@ -59,6 +60,9 @@ def overview(ctx: WebContext) -> tuple[str, go.Figure | None]:
     for stage, command in ctx.missing.items():
         stages.append(f"| {stage} | " + ("present" if command is None else f"missing — run {ctx.command_for(stage)}") + " |")
     text = "## Study\n" + markdown_table(rows) + f"\n\n## Analyses (run `{ctx.run}`)\n" + "\n".join(stages)
+    later = headlines(ctx.study, ctx.run)
+    if later:
+        text += "\n\n" + "\n".join(f"- **{name}**: {line}" for name, line in later)
     figure = None
     if ctx.direction is not None:
         d = ctx.direction

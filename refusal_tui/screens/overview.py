@@ -13,6 +13,7 @@ from textual.containers import VerticalScroll
 from textual.widgets import Static
 
 from cache.sae_info import sae_source_text
+from explorer.headlines import headlines
 from explorer.results import CandidateResult, DirectionResult, DormantResult, FMResult, GreedyResult
 from refusal_tui.render import bar
 from refusal_tui.screens.base import StudyScreen
@@ -29,6 +30,7 @@ class Overview:
     dormant: DormantResult | None
     layer: int
     layers_with_codes: tuple[int, ...]
+    headlines: list[tuple[str, str]]  # the second paper's stages and evaluate (explorer/headlines.py)
 
 
 class OverviewScreen(StudyScreen):
@@ -47,7 +49,7 @@ class OverviewScreen(StudyScreen):
         return Overview(
             summary=data.summary(), analyses=data.analyses(), direction=data.direction(),
             candidates=data.candidates(), greedy=data.greedy(), fm=data.fm(), dormant=data.dormant(),
-            layer=data.layer, layers_with_codes=data.layers_with_codes,
+            layer=data.layer, layers_with_codes=data.layers_with_codes, headlines=headlines(data.study, data.run),
         )
 
     def show(self, result: Overview) -> None:
@@ -62,7 +64,7 @@ class Fields:
 
     def __init__(self) -> None:
         self.grid = Table.grid(padding=(0, 1))
-        self.grid.add_column(style="bold", no_wrap=True, width=9)
+        self.grid.add_column(style="bold", no_wrap=True, width=10)
         self.grid.add_column(ratio=1)
 
     def add(self, name: str, value: str) -> None:
@@ -141,6 +143,8 @@ def results_text(result: Overview) -> Table:
         restores = int(np.sum(result.dormant.restores_refusal))
         text.add("Dormant", f"{len(result.dormant.latent)} latents wake up when the set is ablated · "
                                 f"{restores} restore refusal")
+    for name, line in result.headlines:
+        text.add(name, line)
     if not text.grid.row_count:
         text.add("Results", "no analyses in this run yet: the commands below produce them")
     return text.grid
@@ -157,7 +161,7 @@ def analyses_text(analyses: dict[str, str | None], run: str) -> Text:
     for stage, command in analyses.items():
         if command is not None:
             text.append("\n ✗ ", style="bold red")
-            text.append(f"{stage:<12}", style="dim")
+            text.append(f"{stage:<16}", style="dim")
             text.append(f"run: {command}")
     text.rstrip()
     return text

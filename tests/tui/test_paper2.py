@@ -79,3 +79,15 @@ async def test_missing_results_say_which_command_to_run(study_path: Path) -> Non
         await pilot.press("7")
         await settle(pilot, app)
         assert "refusal-explorer analyze graph" in shown(app, "#notice")
+
+
+async def test_overview_gives_a_line_per_later_stage(paper2_path: Path) -> None:
+    app = build_app(paper2_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot, app)
+        results = shown(app, "#ov-results")
+        for name in ("Graph", "Categories", "Jailbreak", "Probe"):
+            assert name in results
+        assert "3 of 6 L6 → L6 edges kept" in results and "lowest under a wrapper: fiction-novel 50%" in results
+        analyses = shown(app, "#ov-analyses")
+        assert "✓ graph" in analyses and "refusal-explorer evaluate" in analyses

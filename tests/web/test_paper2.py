@@ -22,6 +22,16 @@ def paper2_path(study_path: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     return path
 
 
+def test_overview_gives_a_line_per_stage(paper2_path: Path, tmp_path: Path) -> None:
+    from refusal_web.views import overview
+
+    with Study(paper2_path) as study:
+        text, _ = overview(make_context(study, "default", export_dir=tmp_path))
+    for name in ("Graph", "Categories", "Jailbreak", "Probe"):
+        assert f"- **{name}**: " in text
+    assert "3 of 6 L6 → L6 edges kept" in text and "| graph | present |" in text
+
+
 def test_views_show_the_results(paper2_path: Path, tmp_path: Path) -> None:
     with Study(paper2_path) as study:
         ctx = make_context(study, "default", export_dir=tmp_path)

@@ -25,7 +25,10 @@ DORMANT = SyntheticConfig().dormant_latents
 def test_overview_lists_study_and_analyses(ctx: WebContext) -> None:
     text, figure = views.overview(ctx)
     assert "synthetic/tiny-chat" in text and "24 harmful" in text and "24 harmless" in text
-    assert text.count("| present |") == len(RESULT_TYPES) and "missing" not in text
+    assert text.count("| present |") == len(RESULT_TYPES)
+    # the stages the synthetic study has not run are listed with their commands
+    for command in ("analyze refusal-tokens", "analyze graph", "analyze probe", "evaluate"):
+        assert f"`refusal-explorer {command}`" in text
     assert "first token changes: 12.5%" in text and "change 4.0%–8.0% of them" in text
     assert figure is not None and figure.data[0].type == "heatmap" and figure.data[0].colorbar.title.text == "score drop"
 

@@ -11,10 +11,10 @@ OPTIONS = ConfigOptions("explorer.categories:CategoryConfig", skip=("layer",))
 
 
 DEMO = ("--max-per-category", "4", "--max-harmless", "8", "--min-prompts", "4", "--shuffles", "20")
-"""Small budgets for the demo (not yet part of it: its cost on the embedded model is being measured)."""
+"""Small budgets for the demo: minutes on a 2-core CPU (README gives the measured time)."""
 
 
-@stage("categories", OPTIONS, extra=[click.option("--layer", type=int, help="SAE layer (default: the candidates' layer, else the first with codes).")])
+@stage("categories", OPTIONS, extra=[click.option("--layer", type=int, help="SAE layer (default: the candidates' layer, else the first with codes).")], demo=DEMO)
 def categories(ctx: StageContext) -> Report:
     """Refusal latents per harm category (by attribution and by activation difference vs harmless), those shared
     by every category and those specific to one (against a shuffled-label chance level), and a transfer matrix:

@@ -26,10 +26,10 @@ def summary_text(f: dict[str, Any], tree: list[str]) -> str:
 
 
 DEMO = ("--k-upstream", "4", "--k-downstream", "6", "--max-prompts", "4", "--controls", "4")
-"""Small budgets for the demo (not yet part of it: its cost on the embedded model is being measured)."""
+"""Small budgets for the demo: minutes on a 2-core CPU (README gives the measured time)."""
 
 
-@stage("graph", OPTIONS)
+@stage("graph", OPTIONS, demo=DEMO)
 def graph(ctx: StageContext) -> Report:
     """Edges from refusal latents at an earlier SAE layer to latents at a later one and to the refusal score:
     measured by ablation (batched from the earlier layer), compared with gradient × activation."""

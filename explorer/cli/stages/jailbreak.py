@@ -10,10 +10,10 @@ OPTIONS = ConfigOptions("explorer.jailbreak:JailbreakConfig", skip=("layer",))
 
 
 DEMO = ("--max-prompts", "4", "--wrappers", "fiction-novel,hypothetical-world,research-safety,prefix-sure", "--verify-tokens", "3")
-"""Small budgets for the demo (not yet part of it: its cost on the embedded model is being measured)."""
+"""Small budgets for the demo: minutes on a 2-core CPU (README gives the measured time)."""
 
 
-@stage("jailbreak", OPTIONS)
+@stage("jailbreak", OPTIONS, demo=DEMO)
 def jailbreak(ctx: StageContext) -> Report:
     """Wrap refused harmful requests in jailbreak framings (docs/JAILBREAK.md) or read your plain/wrapped pairs;
     report the refusal rate and the refusal latents' change per wrapper, and which wrapper tokens damp the latents

@@ -10,10 +10,10 @@ OPTIONS = ConfigOptions("explorer.probe:ProbeConfig", skip=("layer",))
 
 
 DEMO = ("--seeds", "3", "--max-wrapped", "2", "--wrappers", "fiction-novel,hypothetical-world,research-safety,prefix-sure", "--n-boot", "300")
-"""Small budgets for the demo (not yet part of it: its cost on the embedded model is being measured)."""
+"""Small budgets for the demo: minutes on a 2-core CPU (README gives the measured time)."""
 
 
-@stage("probe", OPTIONS)
+@stage("probe", OPTIONS, demo=DEMO)
 def probe(ctx: StageContext) -> Report:
     """Logistic probes for harmful vs harmless on the top-k refusal latents, on k random active latents (several
     seeds) and on the dense residual at the same layer; trained on the plain train split, tested on the val split,
