@@ -1,12 +1,12 @@
 """`evaluate`'s generation cost: batched vs one prompt at a time, in the same run.
 
     python bench/bench_benchmark.py STUDY.h5 [--prompts harmbench_behaviors_text_test.csv]
-                                    [--n 100] [--tokens 256] [--batch 8] [--set-prompt P]
+                                    [--n 100] [--tokens 256] [--batch 8,32]
 
 Generates ``--n`` prompts × 3 conditions (baseline, the study's direction projected out, a
 greedy minimal set ablated: the joint set when the study has one, else the first set) ×
-``--tokens`` greedy tokens (stopping at the end of the turn), first ``--batch`` prompts per
-generate() call, then one prompt per call, with the same hooks `evaluate` uses. Prints wall
+``--tokens`` greedy tokens (stopping at the end of the turn), first with each ``--batch`` size
+per generate() call, then one prompt per call, with the same hooks `evaluate` uses. Prints wall
 time, generated tokens and tokens/s for each, and the batched speed-up. No judges (their cost
 is separate and small); the model is the study's.
 """
@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=Path, help="harmful prompt file (default: the study's harmful prompts)")
     parser.add_argument("--n", type=int, default=100)
     parser.add_argument("--tokens", type=int, default=256)
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--batch", default="8", help="comma-separated batch sizes, each timed")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -68,12 +68,15 @@ def main() -> None:
     stop = stop_ids(live.model, tokenizer, live.pad_id)
     print(f"{len(prompts)} prompts × {len(conditions)} conditions ({', '.join(specs)}) × ≤{args.tokens} tokens, {args.threads} threads")
     results = {}
-    for label, batch in ((f"batched ({args.batch} per call)", args.batch), ("one at a time", 1)):
+    sizes = [int(b) for b in args.batch.split(",")]
+    for label, batch in [*((f"batched ({b} per call)", b) for b in sizes), ("one at a time", 1)]:
         wall, generated = run(live, conditions, prompts, args.tokens, batch, stop)
         results[label] = wall
         print(f"{label:<22} {wall:8.1f} s  {generated:6d} tokens  {generated / wall:7.2f} tokens/s")
-    walls = list(results.values())
-    print(f"batched speed-up       {walls[1] / walls[0]:.2f}x")
+    single = results["one at a time"]
+    for label, wall in results.items():
+        if label != "one at a time":
+            print(f"{label:<22} speed-up over one at a time: {single / wall:.2f}x")
 
 
 if __name__ == "__main__":

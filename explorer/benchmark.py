@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -246,24 +246,32 @@ class Evaluation:
         self.judges = judges or Judges(detector=live.detector)
         tokenizer = live.loaded.tokenizer
         with Study(self.path) as study:
-            specs = parse_interventions(list(config.interventions))
-            sae_layers_needed(specs, study, run)
             self.sets = load_prompt_sets(study, config)
-            self.interventions: dict[str, Intervention] = {
-                s.text: resolve(s, study, live, run, induce_clamp=config.induce_clamp) for s in specs
-            }
-            self.config_record = asdict(config) | {"prompt_sets": {k: {"n": len(v.texts), "digest": _digest(v.texts)} for k, v in self.sets.items()}}
             self.state = State()
             stored = read_stage(study.file, run, STAGE)
             if stored is not None and not overwrite:
-                if stored.config != json.loads(json.dumps(self.config_record)):
+                if _comparable(stored.config) != _comparable(self._record(config)):
                     raise InputError(
                         f"run {run!r} already holds an evaluation made with other options; pass --overwrite to replace it or use another --run"
                     )
+                # Same prompts and budgets: the stored interventions' rows are kept and the new
+                # ones are added (so adding an intervention later costs only that intervention).
+                kept = [str(name) for name in stored.config.get("interventions", [])]
+                config = replace(config, interventions=tuple(dict.fromkeys([*kept, *config.interventions])))
                 self.state = _state_from_stage(stored.arrays)
+            specs = parse_interventions(list(config.interventions))
+            sae_layers_needed(specs, study, run)
+            self.interventions: dict[str, Intervention] = {
+                s.text: resolve(s, study, live, run, induce_clamp=config.induce_clamp) for s in specs
+            }
+            self.config, self.config_record = config, self._record(config)
         for prompt_set in self.sets.values():
             prompt_set.token_ids = [live.loaded.adapter.encode(tokenizer, t) for t in prompt_set.texts]
         self.stop = stop_ids(live.model, tokenizer, live.pad_id)
+
+    def _record(self, config: EvaluateConfig) -> dict[str, Any]:
+        """The config as stored: the options plus a digest of each prompt set."""
+        return asdict(config) | {"prompt_sets": {k: {"n": len(v.texts), "digest": _digest(v.texts)} for k, v in self.sets.items()}}
 
     # -- plan
     def _units(self) -> list[tuple[str, str, int]]:
@@ -401,6 +409,12 @@ class Evaluation:
         if summary is not None:
             attrs["summary"] = summary
         write_stage(self.path, self.run_name, STAGE, arrays=arrays, attrs=attrs, config=self.config_record)
+
+
+def _comparable(record: dict[str, Any]) -> dict[str, Any]:
+    """What must match for a stored evaluation to be resumed or extended: everything but the
+    interventions (JSON round trip, as stored)."""
+    return {k: v for k, v in json.loads(json.dumps(record)).items() if k != "interventions"}
 
 
 def _key(unit: tuple[str, str, int]) -> str:

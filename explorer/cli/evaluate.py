@@ -53,7 +53,8 @@ def evaluate_command(study: Path, sweep: str | None, run: str, overwrite: bool, 
     """Benchmark interventions the way the papers report them: refusal rate and attack success
     per category by three judges (95% Wilson intervals, their agreement), induced refusal on
     harmless prompts, XSTest over-refusal, and the KL / CE cost on the model's own harmless
-    completions. Resumable: every batch is stored under /analysis/RUN/evaluate.
+    completions. Resumable: every batch is stored under /analysis/RUN/evaluate, and
+    a later call with the same prompts and budgets adds its new interventions to the stored ones.
 
     \b
       refusal-explorer evaluate study.h5 --intervention direction --intervention set:joint \\

@@ -115,6 +115,29 @@ def test_interrupted_evaluation_resumes_to_the_same_result(study, monkeypatch) -
         Evaluation(path, live, dataclasses.replace(config, max_new_tokens=2), run="resumed", judges=tiny_judges(), progress=False)
 
 
+def test_a_later_intervention_extends_the_stored_evaluation(study, monkeypatch) -> None:
+    path, live = study
+    full = Evaluation(path, live, EvaluateConfig(**CONFIG), run="full", judges=tiny_judges(), progress=False).run()
+    first = EvaluateConfig(**{**CONFIG, "interventions": ("direction",)})
+    Evaluation(path, live, first, run="resumed", judges=tiny_judges(), progress=False).run()
+    ran: list[str] = []
+    original = Evaluation._generate
+
+    def counted(self, name, part, start):
+        ran.append(name)
+        original(self, name, part, start)
+
+    monkeypatch.setattr(Evaluation, "_generate", counted)
+    later = EvaluateConfig(**{**CONFIG, "interventions": ("latents:1=5,9", "latents:1=5,9:clamp=4")})
+    extended = Evaluation(path, live, later, run="resumed", judges=tiny_judges(), progress=False)
+    assert list(extended.interventions) == ["none", "direction", "latents:1=5,9", "latents:1=5,9:clamp=4"]
+    summary = extended.run()
+    assert set(ran) == {"latents:1=5,9", "latents:1=5,9:clamp=4"}, "the stored baseline and direction are not generated again"
+    for name, entry in full["interventions"].items():
+        assert summary["interventions"][name]["refusal_rate"] == entry["refusal_rate"]
+        assert summary["interventions"][name]["kl"] == pytest.approx(entry["kl"], abs=1e-6)
+
+
 def test_bad_interventions_are_one_line_errors(study) -> None:
     path, live = study
     for spec, message in [
