@@ -22,9 +22,9 @@ def sae_source_text(info: Mapping[str, Any]) -> str:
     if info.get("explained_variance") is not None:
         details.append(f"held-out explained variance {float(info['explained_variance']):.2f}")
     if info.get("latent_fraction") is not None:
-        details.append(f"latents carry {float(info['latent_fraction']):.0%} of the refusal direction's drop")
+        details.append(f"latents carry {float(info['latent_fraction']):.1%} of the refusal direction's drop")
     if info.get("loss_recovered") is not None:
-        details.append(f"loss recovered {float(info['loss_recovered']):.0%}")
+        details.append(f"loss recovered {float(info['loss_recovered']):.1%}")
     if info.get("dead_fraction") is not None:
         dense = f", dense {float(info['dense_fraction']):.1%}" if info.get("dense_fraction") is not None else ""
         details.append(f"dead {float(info['dead_fraction']):.1%}{dense}")

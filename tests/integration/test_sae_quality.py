@@ -117,7 +117,7 @@ def test_measure_sae_writes_metrics_and_info_shows_them(tmp_path: Path, prompt_f
     assert stored["explained_variance"] == 0.5 and stored["quality"]["loss_recovered"] == pytest.approx(1.0, abs=1e-3)
     facts = sae_provenance(str(directory))
     text = sae_source_text({"path": str(directory), "architecture": "standard", "d_sae": 128, **facts})
-    assert "loss recovered 100%" in text and "dead 25.0%" in text and "of the refusal direction's drop" in text
+    assert "loss recovered 100.0%" in text and "dead 25.0%" in text and "of the refusal direction's drop" in text
     # bad input: one line before any model loads
     bad = CliRunner().invoke(cli, ["measure-sae", "--sae", f"1={tmp_path / 'missing'}"])
     assert bad.exit_code == 2 and "does not exist" in bad.output
