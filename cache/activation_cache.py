@@ -232,21 +232,24 @@ def collect_activations(
 
 
 def read_layer(path: Path, layer: int, segments: Sequence[Segment]) -> dict[str, np.ndarray]:
-    """The cached rows of ``segments`` at ``layer`` (segments not in the cache are left out):
+    """The cached rows of ``segments`` at ``layer``, in the file's order (segments not in the
+    cache are left out):
     ``acts`` float16 [rows, d] and per row ``holdout``, ``position``, ``post_instruction``
     (chat template tokens after the instruction), ``instruction`` (the user's tokens), and
     ``segment`` (index into ``segments``)."""
     with h5py.File(path, "r") as f:
         where = {int(h): (int(s), int(n)) for h, s, n in zip(f["seg_hash"][:], f["seg_start"][:], f["seg_len"][:])}
         spans = [(i, *where[h]) for i, h in enumerate(segment_hash(s.token_ids) for s in segments) if h in where]
+        spans.sort(key=lambda span: (span[1], span[0]))  # file order: sequential reads (training shuffles anyway)
         ds = f[f"layer_{layer}"]
         starts = np.array([s for _i, s, _n in spans], np.int64)
         lengths = np.array([n for _i, _s, n in spans], np.int64)
         n_rows = int(lengths.sum())
-        # read the file's rows in one pass when most are wanted, else span by span
-        if n_rows * 2 >= ds.shape[0]:
+        if n_rows == ds.shape[0] and (not spans or (starts[0] == 0 and np.all(starts[1:] == starts[:-1] + lengths[:-1]))):
+            acts = ds[:]  # the whole file, once each: no second copy (it can be GBs)
+        elif n_rows * 2 >= ds.shape[0]:  # most of it: one pass, then pick
             everything = ds[:]
-            acts = np.concatenate([everything[s : s + n] for s, n in zip(starts, lengths)]) if spans else everything[:0]
+            acts = np.concatenate([everything[s : s + n] for s, n in zip(starts, lengths)])
         else:
             acts = np.concatenate([ds[s : s + n] for s, n in zip(starts, lengths)]) if spans else ds[:0]
     segment = np.repeat(np.array([i for i, _s, _n in spans], np.int64), lengths)
