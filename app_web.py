@@ -250,6 +250,7 @@ def build_app(study: Study, live_model: LiveModel | None = None, *, run: str = "
               limits: LiveLimits | None = None) -> gr.Blocks:
     """The web app for an open study (queued; launch it with ``launch_options``)."""
     ctx = make_context(study, run)
+    ctx.searchable = hasattr(live_model, "search_into_study")
     plots.warm_up()
     overview_text, direction_plot = views.overview(ctx)
     with gr.Blocks(title=f"Refusal Explorer · {study.path.name}", analytics_enabled=False) as demo:

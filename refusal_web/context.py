@@ -39,6 +39,7 @@ class WebContext:
     export_dir: Path
     details: StudyBrowser  # cached feature details
     page_size: int = 50
+    searchable: bool = False  # live mode with a model that can search a prompt now (refusal_web/search_now.py)
     _tables: dict[int, FeatureTable] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _prompts: PromptTable | None = None

@@ -73,9 +73,10 @@ def why_frame(view: WhyView) -> pd.DataFrame:
     })
 
 
-def why_markdown(view: WhyView) -> str:
+def why_markdown(view: WhyView, searchable: bool = False) -> str:
     """Why this prompt: how its latents were ranked, its minimal set and what ablating it does,
-    the direction, the dormant latents that wake, the FM partners."""
+    the direction, the dormant latents that wake, the FM partners. ``searchable``: the app can
+    search a prompt now (live mode), so an unsearched prompt points to that button."""
     parts = [f"### Why prompt {view.index} · {view.label}", view.ranking_note, "**Minimal set**"]
     if view.set_latents:
         confirmed = {1: "the generation complies", 0: "the generation still refuses", -1: "generation not checked"}
@@ -84,6 +85,8 @@ def why_markdown(view: WhyView) -> str:
                      + (f"\n\n> {view.set_generation}" if view.set_generation else ""))
     else:
         parts.append(view.set_note)
+        if searchable and "searched on this prompt yet" in view.set_note:
+            parts.append("Or press **Search now** below: the set is searched with this study's greedy settings and saved.")
     parts += ["**Refusal direction**", view.direction_note, "**Dormant latents that wake**"]
     parts.append(", ".join(f"{latent} (layer {layer}: {base:.2f} → {woke:.2f})" for latent, layer, base, woke in view.dormant)
                  if view.dormant else view.dormant_note)
@@ -135,4 +138,4 @@ def prompt_explore(
     for latents, text, score in view.ablations:
         ids = ", ".join(map(str, latents.tolist()))
         generations += f"\n\n**With latents [{ids}] ablated** (score {score:+.3f})\n\n> {text or '(none)'}"
-    return highlighted, facts, generations, why_frame(why), why_markdown(why)
+    return highlighted, facts, generations, why_frame(why), why_markdown(why, ctx.searchable)

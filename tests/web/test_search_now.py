@@ -51,6 +51,9 @@ def test_search_now_saves_a_set_and_the_why_view_shows_it(copy: Path, tmp_path: 
         model = SearchingModel()
         assert list(search_now(ctx, model, 0)) == ["Nothing to do: prompt 0 already has a minimal set (set #0: 3, 17, 42)."]
         assert "No minimal set searched on this prompt yet" in prompt_explore(ctx, 6, None, "latent", 3)[4]
+        assert "Search now" not in prompt_explore(ctx, 6, None, "latent", 3)[4]
+        ctx.searchable = True  # as build_app sets it for a live model that can search
+        assert "Or press **Search now** below" in prompt_explore(ctx, 6, None, "latent", 3)[4]
         lines = list(search_now(ctx, model, 6))
         assert lines[0].startswith("Searching prompt 6 with the run's greedy settings")
         assert lines[-1].startswith("Searched in") and "minimal set **[3, 17]** flips prompt 6" in lines[-1]
