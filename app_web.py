@@ -107,6 +107,7 @@ def _features_tab(ctx: WebContext, sends: list[Send] | None) -> Target:
     export.click(partial(views.feature_csv, ctx), search_inputs, export_file)
     for trigger in (text_query.submit, text_search.click):
         trigger(partial(dashboard.search_prompts, ctx), [layers, latent, text_query], found)
+    latent.change(lambda: "", None, found)  # search results belong to the latent they were found for
     if sends is not None:
         sends.append((to_live.click, steering.latent_to_live, [layers, latent]))
     return Target("features", {"layer": layers, "latent": latent}, partial(views.feature_view, ctx), [layers, latent], detail_outputs)

@@ -71,6 +71,10 @@ def test_overview_and_feature_explorer(page: Page) -> None:
     page.locator("#feature-text-query textarea, #feature-text-query input").first.fill("zzz-not-a-word")
     page.locator("#feature-text-search").click()
     expect(page.locator("#feature-text-found")).to_contain_text("No prompt where latent 42 fires")
+    cell(page, "feature-table", (row + 1) % 5).click()  # another latent: the old results go
+    expect(page.locator("#feature-text-found")).not_to_contain_text("latent 42")
+    cell(page, "feature-table", row).click()
+    expect(page.locator("#feature-head")).to_contain_text("Latent 42 · layer 6")
 
     page.get_by_role("button", name="Export matching rows (CSV)").click()
     link = page.locator("#feature-csv a[href*='.csv']").first
