@@ -4,9 +4,9 @@
         seconds per batched forward in float32, bfloat16 and float16, on the same token batches
         (one dtype loaded at a time; the minimum over --repeats). The presets keep float32 on
         CPUs unless another dtype is faster here.
-    python bench/bench_embedded.py throughput [--models default,qwen-1.5b] [--prompts 16]
-        tokens/s of `cache` on the same prompts for each model, in one process, and the ratio to
-        the first model.
+    python bench/bench_embedded.py throughput [--models default,qwen-1.5b,qwen-1.5b:bfloat16] [--prompts 16]
+        prompt tokens/s of `cache` on the same prompts for each MODEL[:DTYPE] (float32 unless
+        given), in one process, and the ratio to the first one.
 
 Peak RSS is measured outside, per process: /usr/bin/time -v refusal-explorer setup-model
 --model qwen-1.5b, and /usr/bin/time -v refusal-explorer cache --model qwen-1.5b ...
@@ -65,8 +65,9 @@ def dtype_speed(args: argparse.Namespace) -> None:
 
 def throughput(args: argparse.Namespace) -> None:
     rows = []
-    for name in args.models.split(","):
-        loaded = load_model(name, device="cpu", dtype="float32")
+    for entry in args.models.split(","):
+        name, _, dtype = entry.partition(":")
+        loaded = load_model(name, device="cpu", dtype=dtype or "float32")
         with tempfile.TemporaryDirectory() as tmp:
             config = CacheConfig(model=name, layers=(12,), out=Path(tmp) / "s.h5", max_prompts=args.prompts // 2,
                                  batch_size=args.batch_size, generate=args.generate, device="cpu")
@@ -75,7 +76,7 @@ def throughput(args: argparse.Namespace) -> None:
             start = time.perf_counter()
             run_cache(config, loaded=loaded, progress=False)
             seconds = time.perf_counter() - start
-        rows.append({"model": loaded.model_id, "prompts": len(prompts), "prompt_tokens": n_tokens,
+        rows.append({"model": loaded.model_id, "dtype": dtype or "float32", "prompts": len(prompts), "prompt_tokens": n_tokens,
                      "generate": args.generate, "seconds": round(seconds, 1),
                      "prompt_tokens_per_s": round(n_tokens / seconds, 1)})
         del loaded
