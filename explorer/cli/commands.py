@@ -238,8 +238,9 @@ def measure_sae_command(saes: tuple[str, ...], model: str, device: str, dtype: s
     for spec in specs:
         if not spec.is_local and write:
             raise InputError(f"--write needs SAE directories; {spec.label} is a registry SAE")
-    from explorer.sae_quality import measure_specs, quality_text
+    from explorer.sae_quality import measure_specs, quality_prompts, quality_text
 
+    quality_prompts(config)  # unreadable prompt files are one line before the model loads
     results = measure_specs(specs, config, model=model, device=device, dtype=dtype, write=write)
     lines = [quality_text(layer, q) for layer, q in results.items()]
     if write:

@@ -123,3 +123,7 @@ def test_measure_sae_writes_metrics_and_info_shows_them(tmp_path: Path, prompt_f
     assert bad.exit_code == 2 and "does not exist" in bad.output
     bad = CliRunner().invoke(cli, ["measure-sae", "--sae", f"1={directory}", "--ig-steps", "0"])
     assert bad.exit_code == 2 and "--ig-steps" in bad.output
+    monkeypatch.setattr("cache.models.load_model", lambda *_a, **_k: pytest.fail("the model loaded before the check"))
+    bad = CliRunner().invoke(cli, ["measure-sae", "--sae", f"1={directory}", "--harmful", str(tmp_path / "no.json"),
+                                   "--harmless", str(prompt_files["harmless"])])
+    assert bad.exit_code == 2 and "no.json" in bad.output
