@@ -58,9 +58,12 @@ def probe_line(result: ProbeResult) -> str:
     return f"AUROC refusal latents / random latents / dense (k={len(result.latents)}): " + " · ".join(cells)
 
 
-def evaluate_line(summary: dict[str, Any]) -> str:
+def evaluate_line(summary: dict[str, Any], order: list[str] | None = None) -> str:
+    """``order``: the interventions as run (the stored summary's keys come back sorted)."""
     parts = []
-    for name, entry in summary.get("interventions", {}).items():
+    entries = summary.get("interventions", {})
+    names = [n for n in (order or []) if n in entries] + [n for n in entries if n not in (order or [])]
+    for name, entry in ((n, entries[n]) for n in names):
         rates = entry.get("refusal_rate", {})
         judge = "substring" if "substring" in rates else next(iter(rates), None)
         if judge is None or rates[judge] is None:
@@ -84,5 +87,6 @@ def headlines(study: Study, run: str = "default") -> list[tuple[str, str]]:
     stored = read_stage(study.file, run, EVALUATE_STAGE)
     if stored is not None:
         summary = stored.attrs.get("summary")
-        lines.append(("Evaluate", evaluate_line(summary) if summary else "interrupted before its summary: run `refusal-explorer evaluate` again to finish"))
+        order = [str(name) for name in stored.attrs.get("interventions", [])]
+        lines.append(("Evaluate", evaluate_line(summary, order) if summary else "interrupted before its summary: run `refusal-explorer evaluate` again to finish"))
     return lines

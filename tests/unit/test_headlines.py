@@ -50,3 +50,5 @@ def test_evaluate_line_reads_the_substring_judge_with_intervals() -> None:
     }}
     assert evaluate_line(summary) == "harmful refusal by substring judge (95% Wilson): none 50% [30%–70%] · direction 0% [0%–10%]"
     assert evaluate_line({"interventions": {}}) == "no interventions evaluated yet"
+    reordered = {"interventions": dict(sorted(summary["interventions"].items()))}  # as the stored JSON comes back
+    assert evaluate_line(reordered, ["none", "direction"]).index("none") < evaluate_line(reordered, ["none", "direction"]).index("direction")
