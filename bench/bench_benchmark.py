@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -52,7 +53,13 @@ def main() -> None:
         from explorer.results import GreedyResult
 
         greedy = GreedyResult.load(study, "default")
-        set_spec = "set:joint" if greedy is not None and len(greedy.joint_prompts) else (f"set:{int(greedy.prompt[0])}" if greedy is not None else None)
+        set_spec = None
+        if greedy is not None:  # only a set that flips is a minimal set (as the demo picks it)
+            flipping = np.flatnonzero(greedy.flips() & greedy.per_prompt())
+            if len(greedy.joint_prompts) and greedy.flips()[-1]:
+                set_spec = "set:joint"
+            elif len(flipping):
+                set_spec = f"set:{int(greedy.prompt[flipping[0]])}"
         layers = [int(greedy.layer)] if greedy is not None else []
         live = open_live(study, sae_layers=layers, device="cpu")
         specs = ["none", "direction"] + ([set_spec] if set_spec else [])
