@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from explorer.browse import StudyBrowser, analyses_present, feature_table, prompt_view, text_plot
+from explorer.results import RESULT_TYPES
 from tests.synthetic import SyntheticConfig, make_synthetic_study
 from store import InputError, Study
 
@@ -61,7 +62,15 @@ def test_prompt_view_colours_tokens_and_lists_ablations(study: Study) -> None:
 
 
 def test_analyses_present_and_text_plot(study: Study, tmp_path: Path) -> None:
-    assert all(command is None for command in analyses_present(study).values())
+    present = analyses_present(study)
+    assert list(present)[:2] == ["refusal-tokens", "direction"] and list(present)[-1] == "evaluate"  # pipeline order
+    # the synthetic study holds the first paper's stages; each later one names its command
+    assert all(present[kind.STAGE] is None for kind in RESULT_TYPES)
+    assert {stage: command for stage, command in present.items() if command is not None} == {
+        "refusal-tokens": "refusal-explorer analyze refusal-tokens", "graph": "refusal-explorer analyze graph",
+        "categories": "refusal-explorer analyze categories", "jailbreak": "refusal-explorer analyze jailbreak",
+        "probe": "refusal-explorer analyze probe", "evaluate": "refusal-explorer evaluate",
+    }
     assert analyses_present(study, run="other")["greedy"] == "refusal-explorer analyze greedy"
     plot = text_plot(np.array([1, 2, 3]), np.array([0.5, -1.0, 2.0]), width=20, height=5)
     assert plot.count("●") == 3 and "2.00" in plot and "-1.00" in plot
