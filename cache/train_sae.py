@@ -380,7 +380,11 @@ def evaluate_sae(sae: Any, data: dict[str, np.ndarray], *, seed: int = 0) -> dic
 # --------------------------------------------------------------------------------------------
 
 
-def _prompts(config: TrainSAEConfig) -> list[Prompt]:
+def training_prompts(config: Any) -> list[Prompt]:
+    """The prompts with their train/val split, for `train-sae` and `measure-sae` alike (one split,
+    so an SAE is measured on the prompts it was not trained on). ``config`` has ``harmful``,
+    ``harmless`` (None: the built-in demo set), ``harmful_column``, ``harmless_column``,
+    ``holdout_fraction`` and ``seed``."""
     if config.harmful is None:
         harmful, harmless = demo_prompts()
     else:
@@ -410,7 +414,7 @@ def train_saes(
     """
     wall = time.perf_counter()
     _check_outputs(config)
-    prompts = _prompts(config)
+    prompts = training_prompts(config)
     loaded = loaded or load_model(config.model, device=config.device, dtype=config.dtype)
     config = config.for_device(loaded.model.device)
     depth = n_layers(loaded.model)

@@ -38,8 +38,9 @@ from cache.forward import pad_left, pad_token_id, refusal_log_odds
 from cache.generation import greedy_response_ids
 from cache.hooks import capture_resid, transform_resid
 from cache.models import LoadedModel
-from cache.prompts import Prompt, demo_prompts, load_prompts, split_prompts
+from cache.prompts import Prompt
 from cache.sae import decode, encode
+from cache.train_sae import training_prompts
 from explorer.candidates import ablated_codes, included_positions, integrated_gradients
 from explorer.evaluate import AblationEvaluator, EvaluatorConfig
 from explorer.live import LiveContext
@@ -105,12 +106,7 @@ class SAEQualityConfig:
 
 def quality_prompts(config: SAEQualityConfig) -> list[Prompt]:
     """The prompts with train-sae's train/val split."""
-    if config.harmful is None:
-        harmful, harmless = demo_prompts()
-    else:
-        harmful = load_prompts(config.harmful, label="harmful", column=config.harmful_column)
-        harmless = load_prompts(config.harmless, label="harmless", column=config.harmless_column)
-    return split_prompts(harmful + harmless, holdout_fraction=config.holdout_fraction, seed=config.seed)
+    return training_prompts(config)
 
 
 class QualityInputs:
