@@ -33,7 +33,7 @@ from cache.forward import pad_left, pad_token_id  # noqa: E402
 from cache.hooks import capture_resid  # noqa: E402
 from cache.models import load_model  # noqa: E402
 from cache.sae_corpus import build_corpus  # noqa: E402
-from cache.train_sae import TrainSAEConfig, _prompts  # noqa: E402
+from cache.train_sae import TrainSAEConfig, training_prompts  # noqa: E402
 
 
 @torch.no_grad()
@@ -66,7 +66,7 @@ def main() -> None:
     loaded = load_model(args.model, device=args.device)
     with tempfile.TemporaryDirectory() as tmp:
         config = TrainSAEConfig(layers=tuple(args.layers), out=Path(tmp) / "saes", n_tokens=args.tokens)
-        corpus = build_corpus(loaded, _prompts(config), config)
+        corpus = build_corpus(loaded, training_prompts(config), config)
         # the capture forwards a repeated segment once; so does the bare forward here
         seen: set[tuple[int, ...]] = set()
         segments = [s for s in corpus if not (s.token_ids in seen or seen.add(s.token_ids))]

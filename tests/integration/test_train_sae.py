@@ -18,7 +18,7 @@ from cache.models import LoadedModel
 from cache.sae import layer_from_hook, load_sae
 from cache.sae_corpus import build_corpus, corpus_digest
 from cache.activation_cache import collect_activations, read_layer
-from cache.train_sae import TrainSAEConfig, _prompts, activation_cache_path, train_saes
+from cache.train_sae import TrainSAEConfig, training_prompts, activation_cache_path, train_saes
 from explorer.cli import cli
 from tests.tiny_models import make_tiny_model
 from tests.tiny_tokenizers import make_tiny_tokenizer
@@ -77,7 +77,7 @@ def test_train_saes_end_to_end(tmp_path: Path, files: dict[str, Path]) -> None:
     cfg = small_config(tmp_path, files)
     results = train_saes(cfg, loaded=loaded, progress=False, command=["refusal-explorer", "train-sae", "--layers", "1,2"])
     assert sorted(results) == [1, 2]
-    digest = corpus_digest(build_corpus(loaded, _prompts(cfg), cfg))
+    digest = corpus_digest(build_corpus(loaded, training_prompts(cfg), cfg))
     for layer, metrics in results.items():
         directory = cfg.layer_dir(layer)
         for name in ("cfg.json", "sae_weights.safetensors", "metrics.json", "training.json"):
@@ -108,7 +108,7 @@ def test_train_saes_end_to_end(tmp_path: Path, files: dict[str, Path]) -> None:
 def test_forward_stops_after_the_last_layer_and_cache_is_reused(tmp_path: Path, files: dict[str, Path]) -> None:
     loaded = tiny()
     cfg = small_config(tmp_path, files, layers=(1,), n_tokens=500)
-    segments = build_corpus(loaded, _prompts(cfg), cfg)
+    segments = build_corpus(loaded, training_prompts(cfg), cfg)
     path = activation_cache_path(cfg, loaded)
     counter = BlockCounter(loaded.model)
     try:
@@ -140,7 +140,7 @@ def _contents(path: Path, layers: list[int], segments) -> dict:
 def test_killed_activation_run_resumes_to_the_same_cache(tmp_path: Path, files: dict[str, Path]) -> None:
     loaded = tiny()
     cfg = small_config(tmp_path, files, layers=(0, 2), n_tokens=500)
-    segments = build_corpus(loaded, _prompts(cfg), cfg)
+    segments = build_corpus(loaded, training_prompts(cfg), cfg)
     calls = {"n": 0}
 
     def die_on_third(*_: object) -> None:
@@ -179,8 +179,8 @@ def test_tokens_accumulate_across_runs_and_a_time_boxed_capture_trains(tmp_path:
     loaded = tiny()
     small = small_config(tmp_path, files, layers=(1,), n_tokens=600)
     large = small_config(tmp_path, files, layers=(1,), n_tokens=1500)
-    small_segments = build_corpus(loaded, _prompts(small), small)
-    large_segments = build_corpus(loaded, _prompts(large), large)
+    small_segments = build_corpus(loaded, training_prompts(small), small)
+    large_segments = build_corpus(loaded, training_prompts(large), large)
     path = activation_cache_path(small, loaded)
     assert activation_cache_path(large, loaded) == path  # one cache per model and layers, whatever the budget
     first = collect_activations(loaded, small_segments, [1], path, batch_size=4, progress=False)
@@ -201,15 +201,15 @@ def test_prompts_carry_the_models_own_responses_generated_once(tmp_path: Path, f
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     loaded = tiny()
     cfg = small_config(tmp_path, files, layers=(1,), n_tokens=600, response_tokens=5)
-    segments = build_corpus(loaded, _prompts(cfg), cfg)
+    segments = build_corpus(loaded, training_prompts(cfg), cfg)
     prompts = [s for s in segments if s.source == "prompt"]
     assert len(prompts) == len(HARMFUL + HARMLESS) and all(0 < s.n_response <= 5 for s in prompts)
-    plain = build_corpus(loaded, _prompts(cfg), small_config(tmp_path, files, layers=(1,), n_tokens=600))
+    plain = build_corpus(loaded, training_prompts(cfg), small_config(tmp_path, files, layers=(1,), n_tokens=600))
     for with_response, without in zip(prompts, plain):
         assert with_response.token_ids[: len(without.token_ids)] == without.token_ids  # prompt, then its response
     # the responses are kept on disk: the same corpus again generates nothing
     monkeypatch.setattr("cache.generation.greedy_response_ids", lambda *_a, **_k: pytest.fail("generated again"))
-    assert build_corpus(loaded, _prompts(cfg), cfg) == segments
+    assert build_corpus(loaded, training_prompts(cfg), cfg) == segments
     path = tmp_path / "r.h5"
     collect_activations(loaded, segments, [1], path, batch_size=4, progress=False)
     data = read_layer(path, 1, segments)
