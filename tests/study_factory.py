@@ -80,3 +80,22 @@ def interrupted_at_append(monkeypatch: pytest.MonkeyPatch, number: int) -> Itera
             yield
     finally:
         monkeypatch.setattr(StudyWriter, "append", original)
+
+
+@contextmanager
+def lock_held_elsewhere(path: Path, purpose: str) -> Iterator[None]:
+    """Inside the block, another process holds ``path``'s writer lock, named ``purpose`` (what a
+    second writer's one-line refusal must name)."""
+    import subprocess
+    import sys
+
+    script = (f"import time\nfrom store.lock import study_lock\nwith study_lock({str(path)!r}, {purpose!r}):\n"
+              "    print('held', flush=True)\n    time.sleep(60)\n")
+    holder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                              cwd=Path(__file__).resolve().parents[1])
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        yield
+    finally:
+        holder.kill()
+        holder.wait()

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +20,7 @@ from explorer.results import CandidateResult, GreedyResult
 from store import InputError, Study
 from store.lock import StudyBusyError
 from tests.planted import PLANTED_LATENTS, SAE_LAYER, planted_live
+from tests.study_factory import lock_held_elsewhere
 from tests.synthetic import make_greedy
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -55,20 +53,9 @@ def test_search_now_adds_the_planted_pair_and_keeps_the_run_settings(planted, tm
     with pytest.raises(InputError, match=f"prompt {refused[1]} was already searched"):
         search_into_study(path, "more", live, [refused[1]])
 
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import sys, time
-        from store.lock import study_lock
-        with study_lock({str(path)!r}, "another analyze"):
-            print("held", flush=True)
-            time.sleep(60)
-    """)], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[2])
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with lock_held_elsewhere(path, "another analyze"):
         with pytest.raises(StudyBusyError, match="is being written by pid .*another analyze"):
             search_into_study(path, "more", live, [refused[2]])
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def test_merge_keeps_a_joint_set_last_and_refuses_other_settings() -> None:

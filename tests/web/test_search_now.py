@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -19,10 +16,9 @@ from refusal_web.prompts import prompt_explore
 from refusal_web.search_now import search_now
 from store import Study
 from store.lock import study_lock
+from tests.study_factory import lock_held_elsewhere
 from tests.synthetic import make_greedy
 from tests.web.conftest import FakeLiveModel
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 class SearchingModel(FakeLiveModel):
@@ -66,20 +62,9 @@ def test_search_now_saves_a_set_and_the_why_view_shows_it(copy: Path, tmp_path: 
 
 
 def test_search_now_says_in_one_line_that_another_writer_holds_the_study(copy: Path, tmp_path: Path) -> None:
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import time
-        from store.lock import study_lock
-        with study_lock({str(copy)!r}, "refusal-explorer analyze fm"):
-            print("held", flush=True)
-            time.sleep(60)
-    """)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with lock_held_elsewhere(copy, "refusal-explorer analyze fm"):
         with Study(copy) as study:
             ctx = make_context(study, "default", export_dir=tmp_path)
             lines = list(search_now(ctx, SearchingModel(), 6))
         assert lines[-1].startswith("⚠️ ") and "is being written by pid" in lines[-1] and "analyze fm" in lines[-1]
         assert "\n" not in lines[-1]
-    finally:
-        holder.kill()
-        holder.wait()
