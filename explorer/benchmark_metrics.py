@@ -69,6 +69,18 @@ def disagreements(rows: Sequence[Row], judges: Sequence[str], limit: int = 5) ->
     return out
 
 
+def flip_rates(baseline: Sequence[Row], edited: Sequence[Row], judges: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per judge: of the harmful prompts whose baseline response that judge calls a refusal,
+    the share whose edited response it does not (paired by prompt index): how many refusals
+    the intervention flipped, as Arditi et al. count a direction's effect on refused prompts."""
+    edited_by_index = {r.index: r for r in edited}
+    out = {}
+    for judge in judges:
+        refused = [r.index for r in baseline if r.verdicts[judge] and r.index in edited_by_index]
+        out[judge] = rate([not edited_by_index[i].verdicts[judge] for i in refused])
+    return out
+
+
 def set_summary(rows: Sequence[Row], judges: Sequence[str], *, by_category: bool) -> dict[str, Any]:
     refusal = judge_rates(rows, judges)
     summary: dict[str, Any] = {
@@ -103,7 +115,9 @@ def summarise(
     ``refusal_interval``, ``by_category``, judge ``agreement``; ``induced_refusal`` (the
     semantic judge's harmless refusal rate under the upward intervention, or the first judge
     present) with ``harmless`` per judge; ``over_refusal`` (XSTest safe prompts); and
-    ``ce_increase`` / ``kl`` from ``side_effects``. Missing measurements are null.
+    ``ce_increase`` / ``kl`` from ``side_effects``; ``flipped`` per judge (rate, interval, k,
+    n: the baseline's refusals this intervention turned into answers). Missing measurements
+    are null.
     """
     side_effects = side_effects or {}
     headline = "semantic" if "semantic" in judges else judges[0]
@@ -117,6 +131,11 @@ def summarise(
         entry = set_summary(harmful, judges, by_category=True)
         entry["asr"] = {j: (1 - v if not math.isnan(v) else math.nan) for j, v in entry["refusal_rate"].items()}
         entry["asr_interval"] = {j: [1 - hi, 1 - lo] for j, (lo, hi) in entry["refusal_interval"].items()}
+        if baseline and name != baseline:
+            base_harmful = [r for r in rows if r.intervention == baseline and r.prompt_set == HARMFUL]
+            entry["flipped"] = flip_rates(base_harmful, harmful, judges)
+        else:
+            entry["flipped"] = None
         entry["harmless"] = set_summary(harmless, judges, by_category=False) if harmless else None
         entry["induced_refusal"] = entry["harmless"]["refusal_rate"][headline] if harmless else None
         entry["over_refusal"] = set_summary(xstest, judges, by_category=False) if xstest else None
@@ -161,6 +180,11 @@ def format_summary(summary: dict[str, Any], judges: list[str]) -> str:
         lines.append(f"harmful    n={entry['n']}  refusal (95% Wilson) " + "  ".join(
             f"{j} {_interval(entry['refusal_rate'][j], entry['refusal_interval'][j])}" for j in judges))
         lines.append("           attack success " + "  ".join(f"{j} {_pct(entry['asr'][j])}" for j in judges))
+        flipped = entry.get("flipped")
+        if flipped:
+            lines.append("           flipped (of the baseline's refusals, answered now) " + "  ".join(
+                f"{j} {_interval(flipped[j]['rate'], [flipped[j]['low'], flipped[j]['high']])} ({flipped[j]['k']}/{flipped[j]['n']})"
+                for j in judges))
         pairs = entry.get("agreement", {})
         if pairs:
             lines.append("           judges agree " + "  ".join(

@@ -70,7 +70,9 @@ def evaluate_line(summary: dict[str, Any], order: list[str] | None = None) -> st
             continue
         low, high = entry.get("refusal_interval", {}).get(judge, (None, None))
         interval = f" [{low:.0%}–{high:.0%}]" if low is not None and high is not None else ""
-        parts.append(f"{name} {rates[judge]:.0%}{interval}")
+        flipped = (entry.get("flipped") or {}).get(judge) or {}
+        paired = f" (flips {flipped['k']}/{flipped['n']} of the baseline's refusals)" if flipped.get("n") else ""
+        parts.append(f"{name} {rates[judge]:.0%}{interval}{paired}")
     if not parts:
         return "no interventions evaluated yet"
     return "harmful refusal by substring judge (95% Wilson): " + " · ".join(parts)

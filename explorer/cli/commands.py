@@ -171,15 +171,20 @@ def setup_model_command(name: str, as_json: bool) -> None:
 @click.option("--out", type=click.Path(path_type=Path), default=DEMO_STUDY, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Start again even if the demo study exists.")
 @click.option("--generate", type=int, default=24, show_default=True, help="Tokens generated per prompt.")
-def demo_command(out: Path, overwrite: bool, generate: int, as_json: bool) -> None:
-    """The whole pipeline on the embedded default model and the built-in prompts.
+@click.option("--model", type=click.Choice(list(EMBEDDED_MODELS)), default="default", show_default=True,
+              help="Embedded model: default (with its packaged SAEs: every stage) or qwen-1.5b (no SAEs ship for it: "
+                   "cache, refusal tokens, direction and evaluate only; run setup-model --model qwen-1.5b first).")
+def demo_command(out: Path, overwrite: bool, generate: int, model: str, as_json: bool) -> None:
+    """The whole pipeline on an embedded model and the built-in prompts.
 
-    Caches the prompts with the packaged SAEs, then runs every analysis stage on small budgets.
-    Steps already in the study are skipped, so an interrupted demo continues where it stopped.
+    Caches the prompts (with the packaged SAEs on the default model), then runs every analysis
+    stage on small budgets. Steps already in the study are skipped, so an interrupted demo
+    continues where it stopped.
     """
     from explorer.cli.demo import run_demo
 
-    steps = run_demo(out, overwrite=overwrite, generate=generate, echo=progress_echo(as_json), summaries_to_stderr=as_json)
+    steps = run_demo(out, overwrite=overwrite, generate=generate, model=model, echo=progress_echo(as_json),
+                     summaries_to_stderr=as_json)
     facts, text = study_summary(out)
     emit({**facts, "demo_steps": steps}, f"{text}\n\nbrowse it: refusal-explorer tui {out}   or   refusal-explorer web {out}",
          as_json=as_json)

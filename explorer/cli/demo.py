@@ -1,10 +1,12 @@
-"""`refusal-explorer demo`: the whole pipeline on the embedded default model, on small budgets.
+"""`refusal-explorer demo`: the whole pipeline on an embedded model, on small budgets.
 
 It runs the same commands a user would (cache, then each registered `analyze` stage that has
 ``demo=`` options, in pipeline order, with its printed summary), so the demo exercises exactly
 the public path. Every step is skipped when the study already holds its result, so an
 interrupted demo continues where it stopped. The budgets (each stage's ``demo=`` in
 explorer/cli/stages/) are sized so the whole demo takes minutes on a 2-core CPU (README).
+``--model qwen-1.5b`` (no SAEs ship for it) runs the stages that need none: cache, refusal
+tokens, direction, and `evaluate` of the direction.
 """
 
 from __future__ import annotations
@@ -13,11 +15,15 @@ import contextlib
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from explorer.cli.shell import STAGES, analyze
 from store import Study
+
+if TYPE_CHECKING:  # pragma: no cover
+    from cache.pipeline import CacheConfig
 
 
 def demo_layers(extra: Sequence[int]) -> tuple[int, ...]:
@@ -25,25 +31,42 @@ def demo_layers(extra: Sequence[int]) -> tuple[int, ...]:
     return tuple(sorted({12, 14, 16, 18, *extra}))
 
 
+def demo_cache_config(model: str, out: Path, *, overwrite: bool, generate: int) -> CacheConfig:
+    """The demo's cache options: the default model with its packaged SAEs, or another embedded
+    model's preset (dtype and batch size from this machine) at the demo's layers, without SAEs."""
+    from cache import presets
+    from cache.default_saes import default_sae_dirs, default_sae_specs
+    from cache.pipeline import CacheConfig
+
+    resume = out.exists() and not overwrite
+    if model == presets.PACKAGED:
+        return CacheConfig(
+            layers=demo_layers(list(default_sae_dirs())), out=out, generate=generate, resume=resume, overwrite=overwrite,
+            saes=default_sae_specs(),
+        )
+    fields = presets.apply_preset(
+        model, {"model": model, "layers": demo_layers(()), "out": out, "generate": generate, "resume": resume, "overwrite": overwrite},
+        explicit={"layers"}, cpu_available_bytes=presets.cpu_available_memory(),
+    )
+    return CacheConfig(**fields)
+
+
 def run_demo(
-    out: Path, *, overwrite: bool, generate: int, echo: Callable[[str], None] = click.echo, summaries_to_stderr: bool = False,
+    out: Path, *, overwrite: bool, generate: int, model: str = "default", echo: Callable[[str], None] = click.echo,
+    summaries_to_stderr: bool = False,
 ) -> list[dict[str, str]]:
     """Cache and analyse ``out``; returns each step and whether it ran or was already done.
     ``summaries_to_stderr``: print the stages' summaries on stderr (stdout carries JSON)."""
-    from cache.default_saes import default_sae_dirs, default_sae_specs
-    from cache.pipeline import CacheConfig, run_cache
+    from cache.pipeline import run_cache
 
-    saes = default_sae_dirs()
-    resume = out.exists() and not overwrite
-    config = CacheConfig(
-        layers=demo_layers(list(saes)), out=out, generate=generate, resume=resume, overwrite=overwrite,
-        saes=default_sae_specs(),
-    )
-    echo(f"[demo] caching the built-in prompts into {out} (layers {', '.join(map(str, config.layers))})")
+    config = demo_cache_config(model, out, overwrite=overwrite, generate=generate)
+    with_saes = bool(config.saes)
+    echo(f"[demo] caching the built-in prompts into {out} ({model} model, layers {', '.join(map(str, config.layers))}"
+         + ("" if with_saes else "; no SAEs, so only the stages that need none run") + ")")
     run_cache(config)
     steps = [{"step": "cache", "status": "ran"}]
     for stage in STAGES:
-        if stage.demo is None:
+        if stage.demo is None or (stage.needs_sae and not with_saes):
             continue
         with Study(out) as study:
             done = "default" in study.analysis_runs() and stage.group in study.file["analysis/default"]

@@ -195,6 +195,8 @@ class Stage:
     """Options the demo runs this stage with (small budgets); None = not part of the demo."""
     group: str
     """The study group (/analysis/RUN/GROUP) whose presence means the stage is done."""
+    needs_sae: bool = True
+    """Whether the stage reads SAE codes; a demo of a model without SAEs runs only the others."""
 
 
 STAGES: list[Stage] = []
@@ -203,7 +205,7 @@ STAGES: list[Stage] = []
 
 def stage(
     name: str, options: ConfigOptions, *, model: bool = True, extra: Sequence[Callable[[Any], Any]] = (),
-    demo: Sequence[str] | None = None, group: str | None = None,
+    demo: Sequence[str] | None = None, group: str | None = None, needs_sae: bool = True,
 ) -> Callable[[Callable[[StageContext], Report]], click.Command]:
     """Register ``refusal-explorer analyze NAME STUDY.h5``.
 
@@ -241,7 +243,7 @@ def stage(
                                  help="Analysis run name (results go to /analysis/RUN).")(decorated)
         decorated = click.argument("study", type=click.Path(path_type=Path))(decorated)
         registered = analyze.command(name, cls=OptionsCommand, config_options=options, insert_at=2)(decorated)
-        STAGES.append(Stage(name, registered, None if demo is None else tuple(demo), group or name))
+        STAGES.append(Stage(name, registered, None if demo is None else tuple(demo), group or name, needs_sae))
         return registered
 
     return register

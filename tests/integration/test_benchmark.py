@@ -74,6 +74,10 @@ def test_planted_interventions_jailbreak_and_induce(study) -> None:
     for name in ("direction", "latents:1=5,9"):
         assert results[name]["refusal_rate"]["phrase"] == 0.0 and results[name]["asr"]["phrase"] == 1.0
     assert results["direction"]["harmless"]["refusal_rate"]["phrase"] == 1.0  # added: harmless refused
+    # paired: all 3 baseline refusals flipped; the stub semantic judge refused none, so no rate
+    assert {k: results["direction"]["flipped"]["phrase"][k] for k in ("rate", "k", "n")} == {"rate": 1.0, "k": 3, "n": 3}
+    assert results["direction"]["flipped"]["semantic"]["n"] == 0 and results["direction"]["flipped"]["semantic"]["rate"] is None
+    assert results["none"]["flipped"] is None
     assert results["latents:1=5,9"]["harmless"] is None  # an ablation has no upward form
     assert results["latents:1=5,9:clamp=4"]["harmless"]["refusal_rate"]["phrase"] == 1.0
     # harmless prompts carry no u: projecting it out changes neither first token nor completion
@@ -176,6 +180,7 @@ def test_evaluate_cli_prints_the_table_and_the_json_object(study, monkeypatch, t
     assert {"induced_refusal", "ce_increase", "kl"} <= set(results["direction"])
     text = runner.invoke(cli, args)  # the stored result is reused (same options): no new generation
     assert text.exit_code == 0 and "== direction" in text.output and "category" in text.output and "[" in text.output
+    assert "flipped (of the baseline's refusals, answered now)" in text.output and "phrase 100% [51%–100%] (4/4)" in text.output
     bad = runner.invoke(cli, ["evaluate", str(path), "--intervention", "latents:9=1", "--judges", "phrase"])
     assert bad.exit_code == 2 and "no SAE at layer 9" in bad.output and len(bad.output.strip().splitlines()) == 1
     bad = runner.invoke(cli, ["evaluate", str(path), "--prompts", str(tmp_path / "none.csv"), "--judges", "phrase"])

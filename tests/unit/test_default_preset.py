@@ -72,3 +72,16 @@ def test_provenance_of_a_packaged_sae_names_its_training_record() -> None:
     registry = sae_source_text({"release": "gemma-scope-2b-pt-res-canonical", "sae_id": "layer_16/width_16k/canonical",
                                 "architecture": "jumprelu", "d_sae": 16384, "source": "registry"})
     assert registry == "registry: gemma-scope-2b-pt-res-canonical:layer_16/width_16k/canonical · jumprelu, 16384 latents"
+
+
+def test_the_demo_of_the_1_5b_caches_without_saes_and_runs_only_the_stages_that_need_none(tmp_path) -> None:
+    import explorer.cli  # noqa: F401  (registers the stages)
+    from explorer.cli.demo import demo_cache_config
+    from explorer.cli.shell import STAGES
+
+    config = demo_cache_config("qwen-1.5b", tmp_path / "s.h5", overwrite=False, generate=24)
+    assert config.model == "qwen-1.5b" and config.layers == (12, 14, 16, 18) and config.saes == ()
+    assert config.dtype in ("bfloat16", "float32") and config.batch_size in (2, 4, 8) and config.generate == 24
+    default = demo_cache_config("default", tmp_path / "s.h5", overwrite=False, generate=24)
+    assert default.saes and default.layers == (12, 14, 16, 18)
+    assert [s.name for s in STAGES if s.demo is not None and not s.needs_sae] == ["refusal-tokens", "direction"]

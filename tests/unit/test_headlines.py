@@ -46,9 +46,11 @@ def test_probe_line_lists_each_test_set() -> None:
 def test_evaluate_line_reads_the_substring_judge_with_intervals() -> None:
     summary = {"interventions": {
         "none": {"refusal_rate": {"substring": 0.5, "phrase": 0.6}, "refusal_interval": {"substring": [0.3, 0.7]}},
-        "direction": {"refusal_rate": {"substring": 0.0}, "refusal_interval": {"substring": [0.0, 0.1]}},
+        "direction": {"refusal_rate": {"substring": 0.0}, "refusal_interval": {"substring": [0.0, 0.1]},
+                      "flipped": {"substring": {"rate": 1.0, "k": 10, "n": 10}}},
     }}
-    assert evaluate_line(summary) == "harmful refusal by substring judge (95% Wilson): none 50% [30%–70%] · direction 0% [0%–10%]"
+    assert evaluate_line(summary) == ("harmful refusal by substring judge (95% Wilson): none 50% [30%–70%] · "
+                                      "direction 0% [0%–10%] (flips 10/10 of the baseline's refusals)")
     assert evaluate_line({"interventions": {}}) == "no interventions evaluated yet"
     reordered = {"interventions": dict(sorted(summary["interventions"].items()))}  # as the stored JSON comes back
     assert evaluate_line(reordered, ["none", "direction"]).index("none") < evaluate_line(reordered, ["none", "direction"]).index("direction")

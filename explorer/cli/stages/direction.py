@@ -39,7 +39,7 @@ def summary_text(f: dict[str, Any]) -> str:
     ])
 
 
-@stage("direction", OPTIONS, demo=("--layers", "12,14,16,18", "--positions=-1", "--max-val-prompts", "10", "--verify-generate", "16"))
+@stage("direction", OPTIONS, needs_sae=False, demo=("--layers", "12,14,16,18", "--positions=-1", "--max-val-prompts", "10", "--verify-generate", "16"))
 def direction(ctx: StageContext) -> Report:
     """Difference-in-means refusal direction, chosen by ablation drop under a KL limit."""
     from explorer.direction import run_direction

@@ -24,7 +24,7 @@ def summary_text(f: dict[str, Any]) -> str:
     ])
 
 
-@stage("refusal-tokens", OPTIONS, demo=())
+@stage("refusal-tokens", OPTIONS, demo=(), needs_sae=False)
 def refusal_tokens(ctx: StageContext) -> Report:
     """The model's own refusal opening tokens (e.g. "\\n\\n" before "I'm sorry"), from its cached
     generations; the live fast score of every later stage uses them (stored in the default run;
