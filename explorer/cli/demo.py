@@ -48,7 +48,9 @@ def demo_cache_config(model: str, out: Path, *, overwrite: bool, generate: int) 
         model, {"model": model, "layers": demo_layers(()), "out": out, "generate": generate, "resume": resume, "overwrite": overwrite},
         explicit={"layers"}, cpu_available_bytes=presets.cpu_available_memory(),
     )
-    return CacheConfig(**fields)
+    # The preset's refusal tokens would be an explicit choice the refusal-tokens stage must keep;
+    # the demo leaves them to that stage, as on the default model.
+    return CacheConfig(**(fields | {"refusal_tokens": None}))
 
 
 def run_demo(

@@ -82,6 +82,7 @@ def test_the_demo_of_the_1_5b_caches_without_saes_and_runs_only_the_stages_that_
     config = demo_cache_config("qwen-1.5b", tmp_path / "s.h5", overwrite=False, generate=24)
     assert config.model == "qwen-1.5b" and config.layers == (12, 14, 16, 18) and config.saes == ()
     assert config.dtype in ("bfloat16", "float32") and config.batch_size in (2, 4, 8) and config.generate == 24
+    assert config.refusal_tokens is None  # left to the demo's refusal-tokens stage, which keeps explicit ones
     default = demo_cache_config("default", tmp_path / "s.h5", overwrite=False, generate=24)
     assert default.saes and default.layers == (12, 14, 16, 18)
     assert [s.name for s in STAGES if s.demo is not None and not s.needs_sae] == ["refusal-tokens", "direction"]
