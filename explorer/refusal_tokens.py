@@ -127,5 +127,7 @@ def run_refusal_tokens(study: Any, live: Any, config: RefusalTokensConfig) -> tu
         "disagreements_before": disagreements(old, threshold, refused[generated]),
         "disagreements_after": disagreements(new, threshold, refused[generated]),
         "threshold": float(threshold),
+        "min_share": float(config.min_share),
+        "min_count": int(config.min_count),
     }
     return result, summary

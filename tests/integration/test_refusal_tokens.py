@@ -85,3 +85,13 @@ def test_cli_stage_explains_a_study_without_generations(tmp_path, monkeypatch) -
     assert out.exit_code == 2 and "no cached generations" in out.output and len(out.output.strip().splitlines()) == 1
     out = CliRunner().invoke(cli, ["analyze", "refusal-tokens", str(copy), "--run", "other"])
     assert out.exit_code == 2 and "default run" in out.output
+
+
+def test_the_summary_says_why_each_token_was_left_out() -> None:
+    from explorer.cli.stages.refusal_tokens import summary_text
+
+    facts = {"tokens": [("I", 56, 0)], "rejected": [("Here", 1, 4), ("As", 1, 0)], "generated": 123, "refused_by_generation": 57,
+             "threshold": -1.0, "old_tokens": ["I"], "disagreements_before": 3, "disagreements_after": 3, "min_share": 0.8, "min_count": 2}
+    line = next(line for line in summary_text(facts).splitlines() if line.startswith("left out"))
+    assert "'Here' (1 refusals, 4 answers: opens answers too: under 80% refusals)" in line
+    assert "'As' (1 refusals, 0 answers: opens fewer than 2 refusals)" in line

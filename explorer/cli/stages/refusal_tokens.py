@@ -14,10 +14,15 @@ OPTIONS = ConfigOptions("explorer.refusal_tokens:RefusalTokensConfig")
 
 def summary_text(f: dict[str, Any]) -> str:
     shown = ", ".join(f"{t!r} ({r} refusals, {a} answers)" for t, r, a in f["tokens"]) or "none met the bar; the fast score keeps the family's"
-    rejected = ", ".join(f"{t!r} ({r} refusals, {a} answers)" for t, r, a in f["rejected"][:5]) or "none"
+    def why(refused: int, answered: int) -> str:
+        if refused / max(refused + answered, 1) < f["min_share"]:
+            return f"opens answers too: under {f['min_share']:.0%} refusals"
+        return f"opens fewer than {f['min_count']} refusals"
+
+    rejected = "; ".join(f"{t!r} ({r} refusals, {a} answers: {why(r, a)})" for t, r, a in f["rejected"][:5]) or "none"
     return "\n".join([
         f"openers    {shown}",
-        f"left out   {rejected} (they open answers too)",
+        f"left out   {rejected}",
         f"checked    {f['generated']} prompts with a cached generation ({f['refused_by_generation']} refused by phrase), fast score > {f['threshold']:+.2f}:",
         f"           {f['disagreements_before']} disagree with the generation scoring {', '.join(map(repr, f['old_tokens']))}; "
         f"{f['disagreements_after']} with the model's own openers",
