@@ -291,12 +291,29 @@ STAGE_COMMANDS: tuple[tuple[str, str], ...] = (
 )
 
 
+SAE_FREE_STAGES = frozenset({"refusal-tokens", "direction", "evaluate"})
+"""The stages that read no SAE codes (the CLI's ``needs_sae=False`` stages, and `evaluate`)."""
+
+NEEDS_SAE_CODES = "needs SAE codes, which this study lacks: cache again with --sae LAYER=DIR (train one with train-sae)"
+"""What a viewer says instead of a command for a stage this study cannot run."""
+
+
 def analyses_present(study: Study, run: str = "default") -> dict[str, str | None]:
-    """Stage name → None if present, else the command that produces it."""
+    """Stage name → None if present, else the command that produces it, or NEEDS_SAE_CODES
+    where the stage needs SAE codes and the study has none (e.g. a `--model qwen-1.5b` study)."""
     present = set()
     if run in study.analysis_runs():
         present = {name for name in study.file[f"analysis/{run}"]}
-    return {stage: (None if stage in present else command) for stage, command in STAGE_COMMANDS}
+    codeless = not any(study.has_codes(layer) for layer in study.meta.layers)
+    return {
+        stage: None if stage in present else NEEDS_SAE_CODES if codeless and stage not in SAE_FREE_STAGES else command
+        for stage, command in STAGE_COMMANDS
+    }
+
+
+def next_step(command: str) -> str:
+    """``"run: COMMAND"``, or the reason a stage cannot run on this study."""
+    return command if command == NEEDS_SAE_CODES else f"run: {command}"
 
 
 def text_plot(xs: np.ndarray, ys: np.ndarray, *, width: int = 60, height: int = 12) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from explorer.browse import FeatureTable, PromptTable, StudyBrowser, analyses_present, feature_table, prompt_table
+from explorer.browse import NEEDS_SAE_CODES, FeatureTable, PromptTable, StudyBrowser, analyses_present, feature_table, prompt_table
 from explorer.results import CandidateResult, DirectionResult, DormantResult, ExperimentResult, FMResult, GreedyResult
 from store import InputError, Study
 
@@ -87,10 +87,15 @@ class WebContext:
         return chosen
 
     def missing_note(self, stage: str, what: str) -> str:
+        if self.missing.get(stage) == NEEDS_SAE_CODES:
+            return f"*No {what}: this stage {NEEDS_SAE_CODES}.*"
         return f"*No {what} in run `{self.run}` yet: run {self.command_for(stage)} to produce it.*"
 
     def command_for(self, stage: str) -> str:
+        """The stage's command in backticks (with --run), or why it cannot run on this study."""
         command = self.missing.get(stage)
+        if command == NEEDS_SAE_CODES:
+            return command
         run = "" if self.run == "default" else f" --run {self.run}"
         return f"`{command}{run}`" if command else ""
 

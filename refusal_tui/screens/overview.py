@@ -13,6 +13,7 @@ from textual.containers import VerticalScroll
 from textual.widgets import Static
 
 from cache.sae_info import sae_source_text
+from explorer.browse import next_step
 from explorer.headlines import headlines
 from explorer.results import CandidateResult, DirectionResult, DormantResult, FMResult, GreedyResult
 from refusal_tui.render import bar
@@ -162,6 +163,6 @@ def analyses_text(analyses: dict[str, str | None], run: str) -> Text:
         if command is not None:
             text.append("\n ✗ ", style="bold red")
             text.append(f"{stage:<16}", style="dim")
-            text.append(f"run: {command}")
+            text.append(next_step(command))
     text.rstrip()
     return text

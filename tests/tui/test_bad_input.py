@@ -104,6 +104,9 @@ async def test_study_without_codes(no_codes_path: Path) -> None:
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot, app)
         assert "none: cache SAE codes with `refusal-explorer cache --sae LAYER=…`" in shown(app, "#ov-study")
+        analyses = shown(app, "#ov-analyses")  # SAE stages are not offered as commands that would fail
+        assert "run: refusal-explorer analyze direction" in analyses and "run: refusal-explorer analyze candidates" not in analyses
+        assert "needs SAE codes, which this study lacks" in analyses
         await pilot.press("2")
         await settle(pilot, app)
         assert "has no SAE codes" in shown(app, "#notice") and "refusal-explorer cache --sae" in shown(app, "#notice")

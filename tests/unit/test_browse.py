@@ -74,3 +74,24 @@ def test_analyses_present_and_text_plot(study: Study, tmp_path: Path) -> None:
     assert analyses_present(study, run="other")["greedy"] == "refusal-explorer analyze greedy"
     plot = text_plot(np.array([1, 2, 3]), np.array([0.5, -1.0, 2.0]), width=20, height=5)
     assert plot.count("●") == 3 and "2.00" in plot and "-1.00" in plot
+
+
+def test_a_study_without_sae_codes_says_which_stages_need_them(tmp_path: Path) -> None:
+    import explorer.cli  # noqa: F401  (registers the stages)
+    from explorer.browse import NEEDS_SAE_CODES, SAE_FREE_STAGES, next_step
+    from explorer.cli.shell import STAGES
+    import dataclasses
+
+    from store import StudyWriter
+    from tests import study_factory
+
+    assert SAE_FREE_STAGES == {s.name for s in STAGES if not s.needs_sae} | {"evaluate"}  # the CLI's list, for the viewers
+    path = tmp_path / "codeless.h5"
+    with StudyWriter.create(path, dataclasses.replace(study_factory.spec(), sae_layers={}, sae_arrays={})) as writer:
+        writer.append(dataclasses.replace(study_factory.batch(0), codes={}))
+        writer.finalize()
+    with Study(path) as opened:
+        present = analyses_present(opened)
+    assert present["direction"] == "refusal-explorer analyze direction" and present["evaluate"] == "refusal-explorer evaluate"
+    assert present["candidates"] == present["greedy"] == present["probe"] == NEEDS_SAE_CODES
+    assert next_step(present["candidates"]).startswith("needs SAE codes") and next_step(present["direction"]).startswith("run: ")
