@@ -148,8 +148,11 @@ def _logit_lens(decoder: torch.Tensor, unembed: torch.Tensor) -> dict[str, np.nd
         parts["top_value"].append(top.values)
         parts["bottom"].append(bottom.indices)
         parts["bottom_value"].append(-bottom.values)
-    out = {f"logit_lens_{name}": torch.cat(chunks).cpu().numpy() for name, chunks in parts.items()}
-    return {name: values.astype(np.float32 if name.endswith("value") else np.int32) for name, values in out.items()}
+    # numpy has no bfloat16: a bf16 model's values become float32 on the torch side
+    return {
+        f"logit_lens_{name}": torch.cat(chunks).cpu().to(torch.float32 if name.endswith("value") else torch.int32).numpy()
+        for name, chunks in parts.items()
+    }
 
 
 def check_output(config: CacheConfig) -> None:

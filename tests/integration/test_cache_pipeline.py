@@ -136,3 +136,14 @@ def test_sae_for_a_layer_not_cached_is_refused(tmp_path: Path, prompt_files: dic
     make_tiny_sae("jumprelu", d_in=64, d_sae=32, layer=2).save_model(sae_dir)
     with pytest.raises(InputError, match="SAE is given for layer 2, which is not among --layers"):
         run_cache(config(tmp_path, prompt_files, saes=(str(sae_dir),)), loaded=tiny("qwen2"), progress=False)
+
+
+def test_the_logit_lens_of_a_bfloat16_model_is_stored_as_float32() -> None:
+    from cache.pipeline import _logit_lens
+
+    torch.manual_seed(0)
+    decoder, unembed = torch.randn(6, 16), torch.randn(40, 16)
+    exact = _logit_lens(decoder, unembed)
+    lens = _logit_lens(decoder.to(torch.bfloat16), unembed.to(torch.bfloat16))  # numpy has no bfloat16
+    assert lens["logit_lens_top_value"].dtype == np.float32 and lens["logit_lens_top"].dtype == np.int32
+    np.testing.assert_allclose(lens["logit_lens_top_value"], exact["logit_lens_top_value"], rtol=0.05, atol=0.1)
