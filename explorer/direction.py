@@ -187,7 +187,7 @@ def run_direction(study: Study, live: LiveContext, config: DirectionConfig, *, p
         "layer": int(layer), "position": int(position), "note": note, "refusal_drop": float(drop[best]), "kl": float(kl[best]),
         "induce": float(induce[best]), "baseline_score": result.baseline_score, "ablated_score": result.ablated_score,
         "val_harmful": len(all_harmful), "val_harmless": len(all_harmless), "argmax_change_rate": argmax_change,
-        "flip_rate": flip_rate, "refused_by_generation": n_refused,
+        "flip_rate": flip_rate, "refused_by_generation": n_refused, "verified": bool(config.verify_generate),
         "harmful_refused_fast": int((base_h > live.refusal_threshold).sum()),
         "harmful_refused_fast_ablated": int((ablated_h > live.refusal_threshold).sum()),
         "random_argmax_change": control_change.tolist(), "random_kl": control_kl.tolist(),

@@ -89,3 +89,12 @@ def test_candidates_rank_the_planted_latents_first(planted) -> None:
     result.save(path, "t", config=dataclasses.asdict(config))
     with Study(path) as study:
         assert CandidateResult.load(study, "t").overlap == result.overlap
+
+
+def test_the_summary_says_when_flips_were_not_counted_by_generation() -> None:
+    from explorer.cli.stages.direction import generation_clause
+
+    facts = {"verified": True, "refused_by_generation": 29, "flip_rate": 27 / 29}
+    assert generation_clause(facts) == "generation flips 93% of 29 refused; "
+    assert generation_clause(facts | {"verified": False}).startswith("not verified by generation")
+    assert generation_clause(facts | {"refused_by_generation": 0}).startswith("no val prompt refused by generation")

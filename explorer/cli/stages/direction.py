@@ -26,14 +26,21 @@ def side_effect_lines(facts: dict[str, Any]) -> list[str]:
     return lines
 
 
+def generation_clause(f: dict[str, Any]) -> str:
+    if not f.get("verified", True):
+        return "not verified by generation (--verify-generate N); "
+    if not f["refused_by_generation"]:
+        return "no val prompt refused by generation, so no flip to count; "
+    return f"generation flips {share(f['flip_rate'])} of {f['refused_by_generation']} refused; "
+
+
 def summary_text(f: dict[str, Any]) -> str:
     return "\n".join([
         f"direction  layer {f['layer']}, position {f['position']} ({f['note']})",
         f"score      val harmful {f['baseline_score']:+.2f} -> {f['ablated_score']:+.2f} ablated "
         f"(drop {f['refusal_drop']:.2f}); KL on harmless {f['kl']:.3f}; adding it: +{f['induce']:.2f} on harmless",
         f"refused    fast score: {f['harmful_refused_fast']}/{f['val_harmful']} -> {f['harmful_refused_fast_ablated']} ablated; "
-        f"generation flips {share(f['flip_rate'])} of {f['refused_by_generation']} refused; "
-        f"harmless first-token argmax changed {share(f['argmax_change_rate'])} "
+        + generation_clause(f) + f"harmless first-token argmax changed {share(f['argmax_change_rate'])} "
         f"(random directions' median {share(f['random_argmax_change_median'])})",
         *side_effect_lines(f),
     ])
