@@ -168,13 +168,14 @@ def setup_model_command(name: str, as_json: bool) -> None:
 
 
 @command("demo")
-@click.option("--out", type=click.Path(path_type=Path), default=DEMO_STUDY, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help=f"The demo study [default: {DEMO_STUDY}; studies/demo-MODEL.h5 for another --model].")
 @click.option("--overwrite", is_flag=True, help="Start again even if the demo study exists.")
 @click.option("--generate", type=int, default=24, show_default=True, help="Tokens generated per prompt.")
 @click.option("--model", type=click.Choice(list(EMBEDDED_MODELS)), default="default", show_default=True,
               help="Embedded model: default (with its packaged SAEs: every stage) or qwen-1.5b (no SAEs ship for it: "
                    "cache, refusal tokens, direction and evaluate only; run setup-model --model qwen-1.5b first).")
-def demo_command(out: Path, overwrite: bool, generate: int, model: str, as_json: bool) -> None:
+def demo_command(out: Path | None, overwrite: bool, generate: int, model: str, as_json: bool) -> None:
     """The whole pipeline on an embedded model and the built-in prompts.
 
     Caches the prompts (with the packaged SAEs on the default model), then runs every analysis
@@ -183,6 +184,7 @@ def demo_command(out: Path, overwrite: bool, generate: int, model: str, as_json:
     """
     from explorer.cli.demo import run_demo
 
+    out = out or (DEMO_STUDY if model == "default" else DEMO_STUDY.with_name(f"demo-{model}.h5"))
     steps = run_demo(out, overwrite=overwrite, generate=generate, model=model, echo=progress_echo(as_json),
                      summaries_to_stderr=as_json)
     facts, text = study_summary(out)

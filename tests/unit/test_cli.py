@@ -64,3 +64,15 @@ def test_every_command_has_help() -> None:
     for command in ("cache", "info", "demo", "setup-model", "tui", "web"):
         result = invoke(command, "--help")
         assert result.exit_code == 0 and "Usage:" in result.output
+
+
+def test_each_embedded_model_has_its_own_demo_study(study: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import explorer.cli.commands as commands
+    import explorer.cli.demo as demo
+
+    calls: list[tuple[Path, str]] = []
+    monkeypatch.setattr(demo, "run_demo", lambda out, *, model, **_: calls.append((out, model)) or [])
+    monkeypatch.setattr(commands, "study_summary", lambda out: ({}, "summary"))
+    for args in ((), ("--model", "qwen-1.5b")):
+        assert invoke("demo", *args).exit_code == 0
+    assert calls == [(Path("studies/demo.h5"), "default"), (Path("studies/demo-qwen-1.5b.h5"), "qwen-1.5b")]
