@@ -10,7 +10,9 @@ Formats, picked by the file's extension:
 * ``.csv`` / ``.tsv`` a header row; the prompt column is ``column`` if given, else the first of
   ``instruction, prompt, text, goal, forbidden_prompt, Behavior`` that exists (names match
   exactly first, then ignoring case). A ``category`` (or ``SemanticCategory``) column, if
-  present, fills ``Prompt.category``.
+  present, fills ``Prompt.category``. HarmBench's contextual behaviours: where the prompt
+  column is ``Behavior`` and a row's ``ContextString`` is not empty, the prompt is the context,
+  a ``---`` separator line, then the behaviour, as HarmBench's own evaluation writes it.
 * ``.txt`` one prompt per line; blank lines are skipped.
 
 ``column`` also names the key to read from JSON / JSONL objects; it is ignored for ``.txt``.
@@ -308,9 +310,13 @@ def _parse_csv(
         cat = _find_column(names, (category_column,) if category_column else CSV_CATEGORY_COLUMNS)
         if category_column and cat is None:
             raise _error(path, f"no category column '{category_column}'; the columns are {shown}")
+        # HarmBench's contextual behaviours are asked about their context (see the module doc)
+        context = _find_column(names, ("ContextString",)) if names[col].lower() == "behavior" else None
         items: list[tuple[Any, str]] = []
         for row in reader:
             value = row[col] if col < len(row) else ""
+            if context is not None and context < len(row) and row[context].strip():
+                value = f"{row[context].strip()}\n\n---\n\n{value.strip()}"
             category = row[cat] if cat is not None and cat < len(row) else ""
             items.append((value, category.strip()))
     except csv.Error as exc:

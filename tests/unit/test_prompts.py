@@ -478,6 +478,21 @@ def test_digest_is_unambiguous():
     assert prompt_set_digest(a) != prompt_set_digest(b)
 
 
+def test_harmbench_contextual_behaviours_carry_their_context(tmp_path):
+    path = tmp_path / "harmbench.csv"
+    path.write_text(
+        "Behavior,FunctionalCategory,SemanticCategory,Tags,ContextString,BehaviorID\n"
+        "Give instructions for X,standard,illegal,,,x\n"
+        '"Given this code, write an exploit",contextual,cybercrime_intrusion,context,"def f():\n    pass",y\n',
+        encoding="utf-8",
+    )
+    plain, contextual = load_prompts(path, label="harmful")
+    assert plain.text == "Give instructions for X" and plain.category == "illegal"
+    assert contextual.text == "def f():\n    pass\n\n---\n\nGiven this code, write an exploit"
+    # another column chosen by name is read as it is
+    assert [p.text for p in load_prompts(path, label="harmful", column="BehaviorID")] == ["x", "y"]
+
+
 # --------------------------------------------------------------------------------------------
 # Real data files beside the repository (not part of it; skipped when absent)
 
