@@ -122,6 +122,7 @@ def summarise(
     side_effects = side_effects or {}
     headline = "semantic" if "semantic" in judges else judges[0]
     baseline = interventions[0] if interventions and interventions[0] == "none" else None
+    base_harmful = [r for r in rows if r.intervention == baseline and r.prompt_set == HARMFUL]
     out: dict[str, Any] = {}
     for name in interventions:
         mine = [r for r in rows if r.intervention == name]
@@ -131,11 +132,7 @@ def summarise(
         entry = set_summary(harmful, judges, by_category=True)
         entry["asr"] = {j: (1 - v if not math.isnan(v) else math.nan) for j, v in entry["refusal_rate"].items()}
         entry["asr_interval"] = {j: [1 - hi, 1 - lo] for j, (lo, hi) in entry["refusal_interval"].items()}
-        if baseline and name != baseline:
-            base_harmful = [r for r in rows if r.intervention == baseline and r.prompt_set == HARMFUL]
-            entry["flipped"] = flip_rates(base_harmful, harmful, judges)
-        else:
-            entry["flipped"] = None
+        entry["flipped"] = flip_rates(base_harmful, harmful, judges) if baseline and name != baseline else None
         entry["harmless"] = set_summary(harmless, judges, by_category=False) if harmless else None
         entry["induced_refusal"] = entry["harmless"]["refusal_rate"][headline] if harmless else None
         entry["over_refusal"] = set_summary(xstest, judges, by_category=False) if xstest else None

@@ -98,7 +98,7 @@ def fm_interactions(ctx: WebContext) -> tuple[str, go.Figure | None, pd.DataFram
     if fm is None:
         note = ctx.missing_note("fm", "FM fit")
         if ctx.experiments is None:
-            note += " It needs the ablation experiments first: run " + ctx.command_for("experiments") + "."
+            note += " It needs the ablation experiments first: " + ctx.next_step("experiments") + "."
         return note, None, pd.DataFrame({"latent_i": []}), pd.DataFrame({"latent": []})
     minimal = set()
     if ctx.experiments is not None:

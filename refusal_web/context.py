@@ -89,13 +89,14 @@ class WebContext:
     def missing_note(self, stage: str, what: str) -> str:
         if self.missing.get(stage) == NEEDS_SAE_CODES:
             return f"*No {what}: this stage {NEEDS_SAE_CODES}.*"
-        return f"*No {what} in run `{self.run}` yet: run {self.command_for(stage)} to produce it.*"
+        return f"*No {what} in run `{self.run}` yet: {self.next_step(stage)} to produce it.*"
+
+    def next_step(self, stage: str) -> str:
+        """``run `COMMAND` `` for a missing stage, or why this study cannot run it (no SAE codes)."""
+        return NEEDS_SAE_CODES if self.missing.get(stage) == NEEDS_SAE_CODES else f"run {self.command_for(stage)}"
 
     def command_for(self, stage: str) -> str:
-        """The stage's command in backticks (with --run), or why it cannot run on this study."""
         command = self.missing.get(stage)
-        if command == NEEDS_SAE_CODES:
-            return command
         run = "" if self.run == "default" else f" --run {self.run}"
         return f"`{command}{run}`" if command else ""
 

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from explorer.browse import FEATURE_COLUMNS, NEEDS_SAE_CODES
+from explorer.browse import FEATURE_COLUMNS
 from explorer.filters import FEATURES, check_sort
 from explorer.headlines import headlines
 from refusal_web import plots
@@ -58,8 +58,7 @@ def overview(ctx: WebContext) -> tuple[str, go.Figure | None]:
     ]
     stages = ["| Analysis | Status |", "|---|---|"]
     for stage, command in ctx.missing.items():
-        stages.append(f"| {stage} | " + ("present" if command is None else f"missing — {command}" if command == NEEDS_SAE_CODES
-                                          else f"missing — run {ctx.command_for(stage)}") + " |")
+        stages.append(f"| {stage} | " + ("present" if command is None else f"missing — {ctx.next_step(stage)}") + " |")
     text = "## Study\n" + markdown_table(rows) + f"\n\n## Analyses (run `{ctx.run}`)\n" + "\n".join(stages)
     later = headlines(ctx.study, ctx.run)
     if later:

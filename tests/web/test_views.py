@@ -40,6 +40,26 @@ def test_overview_names_the_command_for_each_missing_analysis(bare_ctx: WebConte
         assert f"`refusal-explorer {command}`" in text
 
 
+def test_a_study_without_codes_says_which_stages_need_them(tmp_path) -> None:
+    from refusal_web.analyses import fm_interactions
+    from refusal_web.context import make_context
+    from store import Study, StudyWriter
+    from tests import study_factory
+
+    path = tmp_path / "codeless.h5"
+    with StudyWriter.create(path, dataclasses.replace(study_factory.spec(), sae_layers={}, sae_arrays={})) as writer:
+        writer.append(dataclasses.replace(study_factory.batch(0), codes={}))
+        writer.finalize()
+    with Study(path) as opened:
+        codeless = make_context(opened, "default", export_dir=tmp_path)
+        text, _ = views.overview(codeless)
+        note = fm_interactions(codeless)[0]
+    assert "| direction | missing — run `refusal-explorer analyze direction` |" in text
+    assert "| candidates | missing — needs SAE codes, which this study lacks" in text
+    # the FM note names the reason once, and never as a command to run
+    assert "needs SAE codes, which this study lacks" in note and "run needs" not in note
+
+
 def test_feature_page_filters_sorts_and_pages(ctx: WebContext) -> None:
     frame, status, page = views.feature_page(ctx, None, "", "cosine", True, 1)
     assert list(frame.columns) == list(FEATURE_COLUMNS)
