@@ -10,6 +10,7 @@ imports them only when they are invoked.
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,8 +31,35 @@ VIEWERS: dict[str, tuple[str, str]] = {
 """Commands defined by the viewers (the layer above): name → (module:attribute, short help)."""
 
 
+# click ≥ 8.2 raises this for a group called without a command; older releases print the help
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
 class _Root(click.Group):
-    """The root group: viewer commands are imported on first use, so ``--help`` stays instant."""
+    """The root group: viewer commands are imported on first use, so ``--help`` stays instant,
+    and a usage mistake (unknown option, bad value) is one ``error:`` line with exit status 2,
+    like every other bad input, instead of click's usage block."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, False, **extra)
+        except _NO_ARGS_IS_HELP as error:  # a bare group: its help, as click shows it
+            error.show()
+            sys.exit(error.exit_code)
+        except click.UsageError as error:
+            where = error.ctx.command_path if error.ctx else (prog_name or "refusal-explorer")
+            click.echo(f"error: {error.format_message()} (see {where} --help)", err=True)
+            sys.exit(error.exit_code)
+        except click.ClickException as error:
+            error.show()
+            sys.exit(error.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return [*super().list_commands(ctx), *VIEWERS]

@@ -76,3 +76,19 @@ def test_each_embedded_model_has_its_own_demo_study(study: Path, monkeypatch: py
     for args in ((), ("--model", "qwen-1.5b")):
         assert invoke("demo", *args).exit_code == 0
     assert calls == [(Path("studies/demo.h5"), "default"), (Path("studies/demo-qwen-1.5b.h5"), "qwen-1.5b")]
+
+
+@pytest.mark.parametrize(("args", "pattern"), [
+    (("demo", "--model", "foo"), "Invalid value for '--model': 'foo' is not one of 'default', 'qwen-1.5b'. (see cli demo --help)"),
+    (("evaluate", "x.h5", "--batch-size", "abc"), "'abc' is not a valid integer"),
+    (("analyze", "direction", "--bogus"), "No such option '--bogus'. (see cli analyze direction --help)"),  # CliRunner's prog name
+    (("nosuch",), "No such command 'nosuch'"),
+    (("info",), "Missing argument 'STUDY'"),
+])
+def test_usage_mistakes_are_one_line_errors_too(args: tuple[str, ...], pattern: str) -> None:
+    one_line_error(invoke(*args), pattern)
+
+
+def test_a_bare_group_still_shows_its_help() -> None:
+    result = invoke("analyze")
+    assert result.exit_code == 2 and "Usage: cli analyze" in result.output and "direction" in result.output
